@@ -1,0 +1,367 @@
+// Package lb is pairlb's forwarding plane: one listener per virtual-service port (TCP, UDP or
+// an HTTP redirector), real-server pools with schedulers, persistence, access control and sorry
+// servers, and the copying of bytes between clients and real servers.
+//
+// It makes the per-connection decisions and leaves the rest to others: it does not probe servers
+// (cmd/pairlb feeds it health changes), does not touch routing tables and does not parse files.
+package lb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/pairlb/pairlb/config"
+)
+
+// Balancer runs the listeners of a configuration and swaps to a new configuration on Apply
+// without closing connections that are already open.
+type Balancer struct {
+	log *slog.Logger
+
+	mu        sync.Mutex
+	cfg       *config.Config
+	services  map[string]*service
+	listeners map[listenerKey]listener
+	retiring  map[listenerKey]*udpListener // removed UDP listeners still serving their sessions
+	stopping  bool
+
+	// acceptWG counts listener goroutines, connWG open connections and UDP sessions. They are
+	// separate so that shutdown can wait for the accept loops (after which no connection is
+	// added) before it waits for the connections.
+	acceptWG sync.WaitGroup
+	connWG   sync.WaitGroup
+	// gate orders connWG.Add of accepted TCP connections before shutdown's connWG.Wait.
+	gate    sync.RWMutex
+	closing bool
+
+	// force is cancelled when the drain deadline passes: every open connection closes.
+	force       context.Context
+	forceCancel context.CancelFunc
+}
+
+// listenerKind separates listeners that may share an address but not a socket type.
+type listenerKind uint8
+
+const (
+	kindTCP listenerKind = iota
+	kindUDP
+	kindRedirect
+)
+
+type listenerKey struct {
+	kind listenerKind
+	addr netip.AddrPort
+}
+
+func (k listenerKey) String() string {
+	switch k.kind {
+	case kindUDP:
+		return k.addr.String() + "/udp"
+	case kindRedirect:
+		return k.addr.String() + "/tcp (redirect)"
+	}
+	return k.addr.String() + "/tcp"
+}
+
+// binding is what a listener serves: a service and one of its ports. A reload stores a new
+// binding; connections keep the one they were accepted with.
+type binding struct {
+	svc      *service
+	port     config.Port
+	accepted *portCounter
+	global   *config.Global
+}
+
+type listener interface {
+	rebind(*binding)
+	// retire stops taking new connections; open ones continue.
+	retire()
+	// abort closes everything at once.
+	abort()
+}
+
+// New returns a Balancer with no listeners. Call Apply to give it a configuration and Run to
+// own its lifetime.
+func New(log *slog.Logger) *Balancer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	force, cancel := context.WithCancel(context.Background())
+	return &Balancer{
+		log:         log,
+		services:    map[string]*service{},
+		listeners:   map[listenerKey]listener{},
+		retiring:    map[listenerKey]*udpListener{},
+		force:       force,
+		forceCancel: cancel,
+	}
+}
+
+// ErrStopping is returned by Apply once the balancer has begun to stop.
+var ErrStopping = errors.New("balancer is stopping")
+
+// Apply makes the balancer serve cfg. It opens every new listener first and changes nothing if
+// one cannot be opened; then it switches kept listeners to the new services, starts the new ones
+// and retires the removed ones. Open connections are never closed by Apply.
+func (b *Balancer) Apply(cfg *config.Config) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopping {
+		return ErrStopping
+	}
+
+	services := make(map[string]*service, len(cfg.VirtualServices))
+	want := map[listenerKey]*binding{}
+	for _, vs := range cfg.VirtualServices {
+		svc := newService(vs, b.services[vs.Name])
+		services[vs.Name] = svc
+		for _, p := range vs.Ports {
+			k := listenerKey{kind: kindTCP, addr: netip.AddrPortFrom(vs.VIP, p.Listen)}
+			switch {
+			case vs.Redirect != "":
+				k.kind = kindRedirect
+			case p.Proto == config.UDP:
+				k.kind = kindUDP
+			}
+			want[k] = &binding{svc: svc, port: p, accepted: svc.stats.port(p), global: &cfg.Global}
+		}
+	}
+
+	// A listener that changes kind on the same address must release the address before its
+	// successor can bind it.
+	for k, l := range b.listeners {
+		if want[k] != nil {
+			continue
+		}
+		for wk := range want {
+			if wk.addr == k.addr && sameSocket(k, wk) {
+				l.retire()
+				delete(b.listeners, k)
+				break
+			}
+		}
+	}
+
+	opened := map[listenerKey]listener{}
+	for k, bnd := range want {
+		if _, ok := b.listeners[k]; ok {
+			continue
+		}
+		if u, ok := b.retiring[k]; ok && u.revive() {
+			opened[k] = u
+			delete(b.retiring, k)
+			continue
+		}
+		l, err := b.open(k, bnd)
+		if err != nil {
+			for _, o := range opened {
+				o.abort()
+			}
+			return fmt.Errorf("opening listener %s for %s: %w", k, bnd.svc.cfg.Name, err)
+		}
+		opened[k] = l
+	}
+
+	for k, l := range b.listeners {
+		if bnd, ok := want[k]; ok {
+			l.rebind(bnd)
+			continue
+		}
+		b.log.Info("listener removed", "listener", k.String())
+		l.retire()
+		if u, ok := l.(*udpListener); ok {
+			b.retiring[k] = u
+		}
+		delete(b.listeners, k)
+	}
+	for k, l := range opened {
+		l.rebind(want[k])
+		b.listeners[k] = l
+		b.log.Info("listener open", "listener", k.String(), "virtual_service", want[k].svc.cfg.Name)
+	}
+	for k, u := range b.retiring {
+		if u.isClosed() {
+			delete(b.retiring, k)
+		}
+	}
+	b.cfg = cfg
+	b.services = services
+	return nil
+}
+
+// sameSocket reports whether two listener kinds would compete for one port: TCP and the HTTP
+// redirector both need a TCP socket.
+func sameSocket(a, b listenerKey) bool {
+	tcpish := func(k listenerKind) bool { return k == kindTCP || k == kindRedirect }
+	return tcpish(a.kind) && tcpish(b.kind)
+}
+
+func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
+	lc := net.ListenConfig{Control: freebind, KeepAlive: -1}
+	switch k.kind {
+	case kindUDP:
+		pc, err := lc.ListenPacket(context.Background(), "udp", k.addr.String())
+		if err != nil {
+			return nil, err
+		}
+		u := newUDPListener(b, k, pc.(*net.UDPConn))
+		b.acceptWG.Add(1)
+		go u.serve()
+		return u, nil
+	case kindRedirect:
+		ln, err := lc.Listen(context.Background(), "tcp", k.addr.String())
+		if err != nil {
+			return nil, err
+		}
+		r := newRedirectListener(b, ln)
+		b.acceptWG.Add(1)
+		go r.serve()
+		return r, nil
+	default:
+		ln, err := lc.Listen(context.Background(), "tcp", k.addr.String())
+		if err != nil {
+			return nil, err
+		}
+		t := &tcpListener{b: b, key: k, ln: ln.(*net.TCPListener)}
+		b.acceptWG.Add(1)
+		go t.serve()
+		return t, nil
+	}
+}
+
+// Run owns the balancer's lifetime: it does the periodic housekeeping and, when ctx ends, stops
+// gracefully (see Shutdown) with the configured drain timeout. It returns when every goroutine
+// the balancer started has ended.
+func (b *Balancer) Run(ctx context.Context) error {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			drain := config.DefaultDrainTimeout
+			b.mu.Lock()
+			if b.cfg != nil {
+				drain = b.cfg.Global.DrainTimeout
+			}
+			b.mu.Unlock()
+			b.shutdown(drain)
+			return nil
+		case now := <-tick.C:
+			b.mu.Lock()
+			for _, s := range b.services {
+				if s.persist != nil {
+					s.persist.sweep(now)
+				}
+			}
+			b.mu.Unlock()
+		}
+	}
+}
+
+// shutdown stops accepting, lets open connections and UDP sessions finish for up to drain, then
+// closes what is left and waits for every goroutine.
+func (b *Balancer) shutdown(drain time.Duration) {
+	b.gate.Lock()
+	b.closing = true
+	b.gate.Unlock()
+	b.mu.Lock()
+	b.stopping = true
+	for _, l := range b.listeners {
+		l.retire()
+	}
+	for _, u := range b.retiring {
+		u.retire()
+	}
+	b.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		b.connWG.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(drain)
+	select {
+	case <-done:
+		timer.Stop()
+	case <-timer.C:
+		b.log.Warn("drain timeout reached, closing open connections", "drain_timeout", drain)
+	}
+	b.forceCancel()
+	b.mu.Lock()
+	for _, l := range b.listeners {
+		l.abort()
+	}
+	for _, u := range b.retiring {
+		u.abort()
+	}
+	b.mu.Unlock()
+	<-done
+	b.acceptWG.Wait()
+	b.log.Info("balancer stopped")
+}
+
+// admit counts a new connection unless shutdown has begun.
+func (b *Balancer) admit() bool {
+	b.gate.RLock()
+	defer b.gate.RUnlock()
+	if b.closing {
+		return false
+	}
+	b.connWG.Add(1)
+	return true
+}
+
+// Config returns the configuration being served, or nil before the first Apply.
+func (b *Balancer) Config() *config.Config {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cfg
+}
+
+func (b *Balancer) server(vs, key string) (*service, *realServer, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.services[vs]
+	if s == nil {
+		return nil, nil, fmt.Errorf("virtual service %q: %w", vs, ErrNotFound)
+	}
+	r := s.byKey[key]
+	if r == nil {
+		return nil, nil, fmt.Errorf("real server %q of virtual service %q: %w", key, vs, ErrNotFound)
+	}
+	return s, r, nil
+}
+
+// ErrNotFound is returned for a virtual service or real server the configuration lacks.
+var ErrNotFound = errors.New("not found")
+
+// SetServerState sets a real server's administrative state until the next reload that changes
+// it in the file. Draining and disabled servers take no new connections; open ones continue.
+func (b *Balancer) SetServerState(vs, server string, st State) error {
+	_, r, err := b.server(vs, server)
+	if err != nil {
+		return err
+	}
+	old := State(r.state.Swap(int32(st)))
+	b.log.Info("real server state", "virtual_service", vs, "real_server", server, "state", st.String(), "was", old.String(), "active", r.active.Load())
+	if st == Draining && r.active.Load() == 0 {
+		b.log.Info("real server drained", "virtual_service", vs, "real_server", server)
+	}
+	return nil
+}
+
+// SetServerHealth records the health verdict on a real server.
+func (b *Balancer) SetServerHealth(vs, server string, up bool) error {
+	_, r, err := b.server(vs, server)
+	if err != nil {
+		return err
+	}
+	r.up.Store(up)
+	return nil
+}

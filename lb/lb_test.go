@@ -1,0 +1,487 @@
+package lb
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pairlb/pairlb/config"
+)
+
+// backend is a TCP real server on loopback: it greets every connection with its name, then
+// echoes what it reads until the client half-closes, then closes its own side.
+type backend struct {
+	name string
+	ln   net.Listener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	seen []netip.Addr // client addresses, as the real server sees them
+}
+
+func startBackend(t *testing.T, name string) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{name: name, ln: ln}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.seen = append(b.seen, addrPort(c.RemoteAddr()).Addr())
+			b.mu.Unlock()
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", name)
+				_, _ = io.Copy(c, c)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	t.Cleanup(b.stop)
+	return b
+}
+
+func (b *backend) stop() {
+	_ = b.ln.Close()
+	b.wg.Wait()
+}
+
+func (b *backend) addr() netip.AddrPort { return addrPort(b.ln.Addr()) }
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T, network string) uint16 {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return addrPort(c.LocalAddr()).Port()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return addrPort(ln.Addr()).Port()
+}
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// testService returns a TCP service on a free loopback port forwarding to servers.
+func testService(t *testing.T, name string, servers ...netip.AddrPort) config.VirtualService {
+	t.Helper()
+	p := freePort(t, "tcp")
+	vs := config.VirtualService{
+		Name:           name,
+		VIP:            loopback,
+		Ports:          []config.Port{{Listen: p, Target: p, Proto: config.TCP}},
+		Scheduler:      config.RoundRobin,
+		Persistence:    config.Persistence{Type: "none"},
+		Health:         config.Health{Type: config.HealthNone},
+		UDPIdleTimeout: 5 * time.Second,
+		UDPMaxSessions: 1000,
+	}
+	for _, s := range servers {
+		vs.RealServers = append(vs.RealServers, config.RealServer{Address: s.Addr(), Port: s.Port(), Weight: 1, Enabled: true})
+	}
+	return vs
+}
+
+func testConfig(services ...config.VirtualService) *config.Config {
+	return &config.Config{
+		Global: config.Global{
+			IdleTimeout:  config.DefaultIdleTimeout,
+			DrainTimeout: 2 * time.Second,
+			DialTimeout:  time.Second,
+		},
+		VirtualServices: services,
+	}
+}
+
+// startBalancer applies cfg and runs the balancer until the test ends, then checks that no
+// goroutine of the balancer outlived Run.
+func startBalancer(t *testing.T, cfg *config.Config) (*Balancer, context.CancelFunc) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	b := New(log)
+	if err := b.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := b.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Run did not return within 10s of cancel")
+			}
+			checkNoBalancerGoroutines(t)
+		})
+	}
+	t.Cleanup(stop)
+	return b, stop
+}
+
+// checkNoBalancerGoroutines fails if a goroutine running balancer code is still alive.
+func checkNoBalancerGoroutines(t *testing.T) {
+	t.Helper()
+	markers := []string{"lb.(*tcpListener)", "lb.(*udpListener)", "lb.(*udpSession)", "lb.(*tcpProxy)",
+		"lb.(*Balancer)", "lb.(*redirectListener)"}
+	var last string
+	for range 50 {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		last = ""
+		for _, g := range strings.Split(stacks, "\n\n") {
+			for _, m := range markers {
+				if strings.Contains(g, m) {
+					last = g
+				}
+			}
+		}
+		if last == "" {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("a balancer goroutine outlived Run:\n%s", last)
+}
+
+func vipAddr(vs config.VirtualService, i int) string {
+	return netip.AddrPortFrom(vs.VIP, vs.Ports[i].Listen).String()
+}
+
+// exchange connects through the VIP, sends msg, half-closes and returns the server's greeting
+// and the echoed text.
+func exchange(t *testing.T, addr, msg string) (server, echoed string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	all, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read through %s: %v", addr, err)
+	}
+	server, echoed, _ = strings.Cut(string(all), "\n")
+	return server, echoed
+}
+
+func TestTCPForwardingWithHalfClose(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "web", be.addr())
+	startBalancer(t, testConfig(vs))
+
+	msg := strings.Repeat("lync ", 200000) // 1 MB: several splice rounds are not needed, but bulk is
+	server, echoed := exchange(t, vipAddr(vs, 0), msg)
+	if server != "a" || echoed != msg {
+		t.Fatalf("got server %q and %d echoed bytes, want a and %d", server, len(echoed), len(msg))
+	}
+}
+
+func TestPortTranslation(t *testing.T) {
+	be := startBackend(t, "translated")
+	vs := testService(t, "rp", netip.AddrPortFrom(loopback, 0))
+	vs.RealServers[0].Port = 0
+	vs.Ports[0].Target = be.addr().Port() // 'LISTEN/tcp->TARGET'
+	startBalancer(t, testConfig(vs))
+	if server, _ := exchange(t, vipAddr(vs, 0), "x"); server != "translated" {
+		t.Fatalf("got %q through the translated port", server)
+	}
+}
+
+func TestDeadFirstServerSkipped(t *testing.T) {
+	dead := netip.AddrPortFrom(loopback, freePort(t, "tcp"))
+	be := startBackend(t, "alive")
+	vs := testService(t, "fe", dead, be.addr())
+	startBalancer(t, testConfig(vs))
+	for i := range 4 {
+		if server, echoed := exchange(t, vipAddr(vs, 0), "hi"); server != "alive" || echoed != "hi" {
+			t.Fatalf("connection %d: got %q %q", i, server, echoed)
+		}
+	}
+}
+
+// expectReset dials addr and asserts the connection is refused or reset at once, never left
+// hanging.
+func expectReset(t *testing.T, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	start := time.Now()
+	_, err = c.Read(make([]byte, 1))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection to %s not reset: read returned %v after %v", addr, err, time.Since(start))
+	}
+	if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("connection to %s: read error %v, want a reset", addr, err)
+	}
+}
+
+func TestSorryServerAndReset(t *testing.T) {
+	dead := netip.AddrPortFrom(loopback, freePort(t, "tcp"))
+	sorry := startBackend(t, "sorry")
+	withSorry := testService(t, "with-sorry", dead)
+	withSorry.SorryServer = sorry.addr()
+	without := testService(t, "without", dead)
+	b, _ := startBalancer(t, testConfig(withSorry, without))
+
+	if server, _ := exchange(t, vipAddr(withSorry, 0), "x"); server != "sorry" {
+		t.Fatalf("all servers down: got %q, want the sorry server", server)
+	}
+	expectReset(t, vipAddr(without, 0))
+
+	// All disabled (not dead) also goes to the sorry server, counted as no server.
+	if err := b.SetServerState("without", dead.String(), Disabled); err != nil {
+		t.Fatal(err)
+	}
+	expectReset(t, vipAddr(without, 0))
+	st := b.services["without"].stats
+	if st.dropped[DropDialFailed].Load() != 1 || st.dropped[DropNoServer].Load() != 1 {
+		t.Fatalf("drops: dial_failed %d, no_server %d; want 1 and 1",
+			st.dropped[DropDialFailed].Load(), st.dropped[DropNoServer].Load())
+	}
+}
+
+func TestAccessControl(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "acl", be.addr())
+	vs.Access = config.Access{
+		Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		Deny:  []netip.Prefix{netip.MustParsePrefix("127.0.0.66/32")},
+	}
+	b, _ := startBalancer(t, testConfig(vs))
+
+	if server, _ := exchange(t, vipAddr(vs, 0), "x"); server != "a" {
+		t.Fatalf("allowed client got %q", server)
+	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 66)}, Timeout: 2 * time.Second}
+	c, err := d.Dial("tcp", vipAddr(vs, 0))
+	if err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("denied client was not reset: %v", err)
+	}
+	if n := b.services["acl"].stats.dropped[DropAccessDenied].Load(); n != 1 {
+		t.Fatalf("access_denied drops = %d, want 1", n)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	for _, resetOnClose := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reset_on_close=%v", resetOnClose), func(t *testing.T) {
+			be := startBackend(t, "a")
+			vs := testService(t, "idle", be.addr())
+			vs.IdleTimeout = 300 * time.Millisecond
+			vs.ResetOnClose = resetOnClose
+			startBalancer(t, testConfig(vs))
+
+			c, err := net.Dial("tcp", vipAddr(vs, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			r := bufio.NewReader(c)
+			// Traffic keeps it open past the timeout...
+			for range 4 {
+				time.Sleep(150 * time.Millisecond)
+				fmt.Fprint(c, "ping\n")
+			}
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if greeting, err := r.ReadString('\n'); err != nil || greeting != "a\n" {
+				t.Fatalf("greeting %q, %v", greeting, err)
+			}
+			// ...and silence closes it.
+			start := time.Now()
+			_, err = io.ReadAll(r)
+			waited := time.Since(start)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("idle connection still open after 3s")
+			}
+			if resetOnClose && (err == nil || !strings.Contains(err.Error(), "reset")) {
+				t.Fatalf("reset_on_close: read ended with %v, want a reset", err)
+			}
+			if !resetOnClose && err != nil {
+				t.Fatalf("graceful idle close ended with %v", err)
+			}
+			if waited > 2*time.Second {
+				t.Fatalf("closed after %v, want about 300ms of silence", waited)
+			}
+		})
+	}
+}
+
+// dialFrom connects from a chosen loopback source address and returns the server's name.
+func dialFrom(t *testing.T, src netip.Addr, addr string) string {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 2 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	name, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("from %s: %v", src, err)
+	}
+	return strings.TrimSpace(name)
+}
+
+func TestPersistenceKeepsClientOnItsServer(t *testing.T) {
+	a, b2, c := startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")
+	vs := testService(t, "persist", a.addr(), b2.addr(), c.addr())
+	vs.Persistence = config.Persistence{Type: "source-ip", Timeout: time.Minute, MaxEntries: 100}
+	startBalancer(t, testConfig(vs))
+
+	first := map[netip.Addr]string{}
+	used := map[string]bool{}
+	for i := range 6 {
+		src := netip.AddrFrom4([4]byte{127, 0, 1, byte(10 + i)})
+		first[src] = dialFrom(t, src, vipAddr(vs, 0))
+		used[first[src]] = true
+	}
+	if len(used) < 2 {
+		t.Fatalf("round robin spread 6 clients over %d servers", len(used))
+	}
+	for round := range 3 {
+		for src, want := range first {
+			if got := dialFrom(t, src, vipAddr(vs, 0)); got != want {
+				t.Fatalf("round %d: client %s went to %s, first to %s", round, src, got, want)
+			}
+		}
+	}
+}
+
+func TestDrainingServerKeepsOpenConnections(t *testing.T) {
+	a, b2 := startBackend(t, "a"), startBackend(t, "b")
+	vs := testService(t, "drain", a.addr(), b2.addr())
+	bal, _ := startBalancer(t, testConfig(vs))
+
+	// One open connection to each server.
+	open := map[string]net.Conn{}
+	for len(open) < 2 {
+		c, err := net.Dial("tcp", vipAddr(vs, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		open[strings.TrimSpace(name)] = c
+		defer c.Close()
+	}
+	if err := bal.SetServerState("drain", a.addr().String(), Draining); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if server, _ := exchange(t, vipAddr(vs, 0), "x"); server != "b" {
+			t.Fatalf("new connection %d went to %q while a drains", i, server)
+		}
+	}
+	// The connection to the draining server still works both ways.
+	c := open["a"]
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprint(c, "still here")
+	buf := make([]byte, len("still here"))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "still here" {
+		t.Fatalf("open connection to the draining server: %q, %v", buf, err)
+	}
+	if n := bal.services["drain"].byKey[a.addr().String()].active.Load(); n != 1 {
+		t.Fatalf("draining server has %d active connections, want 1", n)
+	}
+}
+
+func TestRedirectLocation(t *testing.T) {
+	p := freePort(t, "tcp")
+	vs := config.VirtualService{
+		Name:     "redirect",
+		VIP:      loopback,
+		Ports:    []config.Port{{Listen: p, Target: p, Proto: config.TCP}},
+		Redirect: "https://%h%s",
+	}
+	startBalancer(t, testConfig(vs))
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /abs/path?x=1&y=2 HTTP/1.1\r\nHost: lyncweb.example.test\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := readResponse(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "https://lyncweb.example.test/abs/path?x=1&y=2"
+	if resp.StatusCode != 302 || resp.Header.Get("Location") != want {
+		t.Fatalf("got %d Location %q, want 302 %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+}
+
+func TestUnavailableRedirect(t *testing.T) {
+	dead := netip.AddrPortFrom(loopback, freePort(t, "tcp"))
+	vs := testService(t, "web", dead)
+	vs.UnavailableRedirect = "https://sorry.example.test%s"
+	startBalancer(t, testConfig(vs))
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /meet HTTP/1.1\r\nHost: x\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := readResponse(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 302 || resp.Header.Get("Location") != "https://sorry.example.test/meet" {
+		t.Fatalf("got %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}

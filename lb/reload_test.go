@@ -1,0 +1,367 @@
+package lb
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pairlb/pairlb/config"
+)
+
+func readResponse(c net.Conn) (*http.Response, error) {
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body.Close()
+	return resp, nil
+}
+
+// udpEcho is a UDP real server answering every datagram with "NAME:payload".
+type udpEcho struct {
+	conn *net.UDPConn
+	wg   sync.WaitGroup
+}
+
+func startUDPEcho(t *testing.T, name string) *udpEcho {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &udpEcho{conn: c}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDPAddrPort([]byte(name+":"+string(buf[:n])), from)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); e.wg.Wait() })
+	return e
+}
+
+func (e *udpEcho) addr() netip.AddrPort { return addrPort(e.conn.LocalAddr()) }
+
+func udpService(t *testing.T, name string, servers ...netip.AddrPort) config.VirtualService {
+	vs := testService(t, name, servers...)
+	p := freePort(t, "udp")
+	vs.Ports = []config.Port{{Listen: p, Target: p, Proto: config.UDP}}
+	return vs
+}
+
+// udpAsk sends msg on c and returns the reply, or "" after a second of silence.
+func udpAsk(t *testing.T, c *net.UDPConn, msg string) string {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
+}
+
+func dialUDP(t *testing.T, addr string) *net.UDPConn {
+	t.Helper()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.UDPConn)
+}
+
+func TestUDPForwardingConcurrentClientsAndExpiry(t *testing.T) {
+	a, b2 := startUDPEcho(t, "a"), startUDPEcho(t, "b")
+	vs := udpService(t, "stun", a.addr(), b2.addr())
+	vs.UDPIdleTimeout = 300 * time.Millisecond
+	bal, _ := startBalancer(t, testConfig(vs))
+	st := bal.services["stun"].stats
+
+	var wg sync.WaitGroup
+	servers := make([]string, 8)
+	for i := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("udp", vipAddr(vs, 0))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			for j := range 20 {
+				msg := fmt.Sprintf("client%d-%d", i, j)
+				if _, err := c.Write([]byte(msg)); err != nil {
+					t.Error(err)
+					return
+				}
+				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				buf := make([]byte, 256)
+				n, err := c.Read(buf)
+				if err != nil {
+					t.Errorf("client %d datagram %d: %v", i, j, err)
+					return
+				}
+				name, payload, _ := strings.Cut(string(buf[:n]), ":")
+				if payload != msg {
+					t.Errorf("client %d got %q for %q", i, buf[:n], msg)
+				}
+				// A session sticks to one server.
+				if servers[i] != "" && servers[i] != name {
+					t.Errorf("client %d moved from %s to %s within a session", i, servers[i], name)
+				}
+				servers[i] = name
+			}
+		}()
+	}
+	wg.Wait()
+	if n := st.udpSessions.Load(); n != 8 {
+		t.Fatalf("%d sessions, want 8", n)
+	}
+	seen := map[string]bool{}
+	for _, s := range servers {
+		seen[s] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("8 clients used servers %v, want both", seen)
+	}
+	// Idle sessions expire.
+	deadline := time.Now().Add(3 * time.Second)
+	for st.udpSessions.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := st.udpSessions.Load(); n != 0 {
+		t.Fatalf("%d sessions left 3s after the clients went quiet (idle timeout 300ms)", n)
+	}
+}
+
+func TestUDPSessionTableBound(t *testing.T) {
+	a := startUDPEcho(t, "a")
+	vs := udpService(t, "bounded", a.addr())
+	vs.UDPMaxSessions = 2
+	bal, _ := startBalancer(t, testConfig(vs))
+	for i := range 2 {
+		if got := udpAsk(t, dialUDP(t, vipAddr(vs, 0)), "x"); got != "a:x" {
+			t.Fatalf("client %d: %q", i, got)
+		}
+	}
+	if got := udpAsk(t, dialUDP(t, vipAddr(vs, 0)), "x"); got != "" {
+		t.Fatalf("third client answered %q beyond the bound of 2", got)
+	}
+	if n := bal.services["bounded"].stats.dropped[DropUDPTableFull].Load(); n != 1 {
+		t.Fatalf("udp_table_full drops = %d, want 1", n)
+	}
+}
+
+func TestUDPDeadServerDoesNotStallOthers(t *testing.T) {
+	// A server that never answers: its sessions wait, the others' datagrams flow.
+	silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	a := startUDPEcho(t, "a")
+	vs := udpService(t, "mixed", addrPort(silent.LocalAddr()), a.addr())
+	startBalancer(t, testConfig(vs))
+	answered := 0
+	for range 6 {
+		if udpAsk(t, dialUDP(t, vipAddr(vs, 0)), "x") == "a:x" {
+			answered++
+		}
+	}
+	if answered != 3 {
+		t.Fatalf("%d of 6 clients answered, want the 3 sent to the live server", answered)
+	}
+}
+
+// TestReloadKeepsConnections reloads with a listener added and one removed while a TCP
+// connection and a UDP session are open on a kept listener, and on the removed ones.
+func TestReloadKeepsConnections(t *testing.T) {
+	be := startBackend(t, "a")
+	ue := startUDPEcho(t, "u")
+	kept := testService(t, "kept", be.addr())
+	keptUDP := udpService(t, "kept-udp", ue.addr())
+	removed := testService(t, "removed", be.addr())
+	removedUDP := udpService(t, "removed-udp", ue.addr())
+	keptUDP.UDPIdleTimeout = time.Minute
+	removedUDP.UDPIdleTimeout = time.Minute
+	bal, _ := startBalancer(t, testConfig(kept, keptUDP, removed, removedUDP))
+
+	openTCP := func(vs config.VirtualService) (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", vipAddr(vs, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		r := bufio.NewReader(c)
+		if g, err := r.ReadString('\n'); err != nil || g != "a\n" {
+			t.Fatalf("greeting %q %v", g, err)
+		}
+		return c, r
+	}
+	echo := func(c net.Conn, r *bufio.Reader, msg string) {
+		t.Helper()
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprint(c, msg)
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(r, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo after reload: %q %v", buf, err)
+		}
+	}
+	keptConn, keptR := openTCP(kept)
+	removedConn, removedR := openTCP(removed)
+	keptSess := dialUDP(t, vipAddr(keptUDP, 0))
+	removedSess := dialUDP(t, vipAddr(removedUDP, 0))
+	for _, c := range []*net.UDPConn{keptSess, removedSess} {
+		if got := udpAsk(t, c, "1"); got != "u:1" {
+			t.Fatalf("udp before reload: %q", got)
+		}
+	}
+
+	added := testService(t, "added", be.addr())
+	kept.Scheduler = config.LeastConn // a changed setting on a kept listener
+	if err := bal.Apply(testConfig(kept, keptUDP, added)); err != nil {
+		t.Fatal(err)
+	}
+
+	echo(keptConn, keptR, "kept")
+	echo(removedConn, removedR, "removed")
+	for _, c := range []*net.UDPConn{keptSess, removedSess} {
+		if got := udpAsk(t, c, "2"); got != "u:2" {
+			t.Fatalf("udp session after reload: %q", got)
+		}
+	}
+	if server, _ := exchange(t, vipAddr(added, 0), "x"); server != "a" {
+		t.Fatalf("added listener: %q", server)
+	}
+	if server, _ := exchange(t, vipAddr(kept, 0), "x"); server != "a" {
+		t.Fatalf("kept listener, new connection: %q", server)
+	}
+	if _, err := net.DialTimeout("tcp", vipAddr(removed, 0), time.Second); err == nil {
+		t.Fatal("removed listener still accepts")
+	}
+	// A new client of the removed UDP service is not served.
+	if got := udpAsk(t, dialUDP(t, vipAddr(removedUDP, 0)), "3"); got != "" {
+		t.Fatalf("removed UDP service answered a new client: %q", got)
+	}
+}
+
+func TestApplyFailureChangesNothing(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "web", be.addr())
+	bal, _ := startBalancer(t, testConfig(vs))
+
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	clash := testService(t, "clash", be.addr())
+	clash.Ports[0].Listen = addrPort(busy.Addr()).Port()
+	other := testService(t, "other", be.addr())
+	if err := bal.Apply(testConfig(vs, other, clash)); err == nil {
+		t.Fatal("Apply with a port in use succeeded")
+	}
+	if server, _ := exchange(t, vipAddr(vs, 0), "x"); server != "a" {
+		t.Fatalf("old listener after a failed Apply: %q", server)
+	}
+	if c, err := net.DialTimeout("tcp", vipAddr(other, 0), time.Second); err == nil {
+		c.Close()
+		t.Fatal("a listener of the failed Apply was left open")
+	}
+	if bal.Config().VirtualServices[0].Name != "web" || len(bal.Config().VirtualServices) != 1 {
+		t.Fatal("failed Apply replaced the configuration")
+	}
+}
+
+func TestGracefulStop(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "web", be.addr())
+	cfg := testConfig(vs)
+	cfg.Global.DrainTimeout = 5 * time.Second
+	_, stop := startBalancer(t, cfg)
+
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+
+	// New connections are refused soon after the stop begins...
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		nc, err := net.DialTimeout("tcp", vipAddr(vs, 0), 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("listener still accepting 2s after stop")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// ...while the open connection still works, and the stop waits for it.
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprint(c, "bye")
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(r, buf); err != nil || string(buf) != "bye" {
+		t.Fatalf("open connection during drain: %q %v", buf, err)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("stop returned while a connection was open and within the drain timeout")
+	default:
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	_, _ = io.ReadAll(r)
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		t.Fatal("stop did not return after the last connection closed")
+	}
+}
+
+func TestDrainTimeoutClosesConnections(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "web", be.addr())
+	cfg := testConfig(vs)
+	cfg.Global.DrainTimeout = 300 * time.Millisecond
+	_, stop := startBalancer(t, cfg)
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	stop()
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("stop took %v with a 300ms drain timeout", d)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("connection not closed at the drain deadline: %v", err)
+	}
+}

@@ -1,0 +1,48 @@
+package lb
+
+import (
+	"net/netip"
+	"sync/atomic"
+)
+
+// State is the administrative state of a real server, set from the file or at run time.
+type State int32
+
+// Administrative states. Health is separate: a server receives new connections only when it is
+// Enabled and healthy.
+const (
+	Enabled  State = iota
+	Disabled       // no new connections; open ones continue
+	Draining       // no new connections; open ones continue; reported when the last one closes
+)
+
+func (s State) String() string {
+	switch s {
+	case Enabled:
+		return "enabled"
+	case Disabled:
+		return "disabled"
+	case Draining:
+		return "draining"
+	}
+	return "unknown"
+}
+
+// realServer is one pool member. It lives as long as its virtual service keeps a server with
+// the same key, so counters and run-time state survive a reload.
+type realServer struct {
+	key    string     // config.RealServer.Key()
+	addr   netip.Addr // address to dial
+	port   uint16     // 0: the virtual-service port's target port
+	weight atomic.Int32
+	state  atomic.Int32 // State
+	up     atomic.Bool  // health
+	active atomic.Int64  // open connections / UDP sessions
+	total  atomic.Uint64 // connections and UDP sessions ever sent to it
+	seed   uint64       // hash of key, for rendezvous hashing
+}
+
+// available reports whether the server may take a new connection.
+func (r *realServer) available() bool {
+	return State(r.state.Load()) == Enabled && r.up.Load() && r.weight.Load() > 0
+}

@@ -1,0 +1,42 @@
+package lb
+
+import (
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// freebind lets a listener bind a VIP the box does not hold yet: on the standby of a pair the
+// VIP arrives with keepalived, and the listener must already be there to serve it.
+func freebind(network, _ string, c syscall.RawConn) error {
+	return setsockopt(network, c, unix.IPPROTO_IP, unix.IP_FREEBIND, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND)
+}
+
+// transparent lets a connection to a real server leave from the client's address, so the real
+// server sees the client (the Edge A/V service needs it). It requires CAP_NET_ADMIN.
+func transparent(network, _ string, c syscall.RawConn) error {
+	return setsockopt(network, c, unix.SOL_IP, unix.IP_TRANSPARENT, unix.SOL_IPV6, unix.IPV6_TRANSPARENT)
+}
+
+func setsockopt(network string, c syscall.RawConn, level4, opt4, level6, opt6 int) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		level, opt := level4, opt4
+		if network == "tcp6" || network == "udp6" {
+			level, opt = level6, opt6
+		}
+		serr = unix.SetsockoptInt(int(fd), level, opt, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// reset closes c with an RST instead of a FIN, so the peer learns at once that the connection
+// is gone (TCP refusal, "Reset on Close").
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}

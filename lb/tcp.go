@@ -1,0 +1,274 @@
+package lb
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pairlb/pairlb/config"
+)
+
+type tcpListener struct {
+	b   *Balancer
+	key listenerKey
+	ln  *net.TCPListener
+	cur atomic.Pointer[binding]
+}
+
+func (l *tcpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
+func (l *tcpListener) retire()             { _ = l.ln.Close() }
+func (l *tcpListener) abort()              { _ = l.ln.Close() }
+
+func (l *tcpListener) serve() {
+	defer l.b.acceptWG.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors or memory: wait a little rather than spin, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.b.log.Warn("accept failed", "listener", l.key.String(), "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !l.b.admit() {
+			reset(c)
+			continue
+		}
+		bnd := l.cur.Load()
+		bnd.accepted.accepted.Add(1)
+		bnd.svc.stats.accepted.Add(1)
+		go l.b.proxyTCP(c, bnd)
+	}
+}
+
+// proxyTCP serves one client connection from accept to close.
+func (b *Balancer) proxyTCP(client *net.TCPConn, bnd *binding) {
+	defer b.connWG.Done()
+	svc, st := bnd.svc, bnd.svc.stats
+	caddr := addrPort(client.RemoteAddr())
+	if !svc.allowed(caddr.Addr()) {
+		st.drop(DropAccessDenied)
+		reset(client)
+		return
+	}
+	st.active.Add(1)
+	defer st.active.Add(-1)
+
+	server, r := b.dialServer(bnd, caddr)
+	if server == nil {
+		if svc.cfg.UnavailableRedirect != "" {
+			serveUnavailable(client, svc.cfg.UnavailableRedirect)
+			return
+		}
+		reset(client)
+		return
+	}
+	if r != nil {
+		defer r.release(b.log, svc.cfg.Name)
+	}
+	if svc.cfg.TCPKeepalive {
+		_ = client.SetKeepAliveConfig(keepAlive)
+	}
+	p := &tcpProxy{client: client, server: server, idle: svc.cfg.IdleTimeout, resetOnIdle: svc.cfg.ResetOnClose}
+	p.last.Store(time.Now().UnixNano())
+	stop := context.AfterFunc(b.force, p.abort)
+	defer stop()
+	p.run(st)
+}
+
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
+
+// dialServer connects to a real server chosen by the service, trying the next one when a dial
+// fails, then to the sorry server. It returns the chosen real server (nil for the sorry server)
+// with its active count already taken, or a nil connection when nothing answered.
+func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn, *realServer) {
+	svc, st := bnd.svc, bnd.svc.stats
+	d := svc.dialer(bnd.global, client)
+	var tried []*realServer
+	for {
+		r := svc.pick(client.Addr().Unmap(), tried)
+		if r == nil {
+			break
+		}
+		r.active.Add(1)
+		r.total.Add(1)
+		addr := netip.AddrPortFrom(r.addr, bnd.port.Target)
+		if r.port != 0 {
+			addr = netip.AddrPortFrom(r.addr, r.port)
+		}
+		c, err := d.Dial("tcp", addr.String())
+		if err == nil {
+			return c.(*net.TCPConn), r
+		}
+		r.active.Add(-1)
+		b.log.Warn("dial failed", "virtual_service", svc.cfg.Name, "real_server", r.key, "err", err)
+		tried = append(tried, r)
+	}
+	if svc.cfg.HasSorryServer() {
+		addr := svc.cfg.SorryAddrPort(bnd.port)
+		c, err := d.Dial("tcp", addr.String())
+		if err == nil {
+			return c.(*net.TCPConn), nil
+		}
+		b.log.Warn("dial to sorry server failed", "virtual_service", svc.cfg.Name, "sorry_server", addr.String(), "err", err)
+	}
+	if len(tried) > 0 || svc.cfg.HasSorryServer() {
+		st.drop(DropDialFailed)
+	} else {
+		st.drop(DropNoServer)
+	}
+	return nil, nil
+}
+
+// release gives back the active count taken by dialServer.
+func (r *realServer) release(log *slog.Logger, vs string) {
+	if r.active.Add(-1) == 0 && State(r.state.Load()) == Draining {
+		log.Info("real server drained", "virtual_service", vs, "real_server", r.key)
+	}
+}
+
+// dialer builds the dialer for one connection: its timeout, keepalives and source address.
+func (s *service) dialer(g *config.Global, client netip.AddrPort) *net.Dialer {
+	d := &net.Dialer{Timeout: g.DialTimeout, KeepAlive: -1}
+	if s.cfg.TCPKeepalive {
+		d.KeepAliveConfig = keepAlive
+	}
+	switch {
+	case s.cfg.Transparent:
+		d.LocalAddr = &net.TCPAddr{IP: client.Addr().Unmap().AsSlice()}
+		d.Control = transparent
+	case len(s.cfg.SourceAddresses) > 0:
+		i := s.nextSource.Add(1) % uint32(len(s.cfg.SourceAddresses))
+		d.LocalAddr = &net.TCPAddr{IP: s.cfg.SourceAddresses[i].AsSlice()}
+	}
+	return d
+}
+
+// tcpProxy copies bytes both ways between a client and a real server.
+type tcpProxy struct {
+	client, server *net.TCPConn
+	idle           time.Duration // 0: no idle timeout
+	resetOnIdle    bool
+	last           atomic.Int64 // unix nanoseconds of the last bytes seen in either direction
+	closeOnce      sync.Once
+	idled          atomic.Bool
+}
+
+// relayRound bounds how long one direction copies before it reports its bytes and checks for
+// idleness: byte counters move during long connections, and a quiet connection wakes up only
+// this often.
+const relayRound = 30 * time.Second
+
+// relayChunk is the most one splice round moves before the counters are updated.
+const relayChunk = 4 << 20
+
+func (p *tcpProxy) run(st *serviceStats) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.copyServerToClient(st)
+	}()
+	p.copyClientToServer(st)
+	<-done
+	p.close()
+}
+
+// The two directions have names of their own so that a goroutine dump says which is which.
+func (p *tcpProxy) copyClientToServer(st *serviceStats) { p.pipe(p.server, p.client, &st.bytesIn) }
+func (p *tcpProxy) copyServerToClient(st *serviceStats) { p.pipe(p.client, p.server, &st.bytesOut) }
+
+// pipe copies src to dst until src ends, then half-closes dst so that the peer sees the end of
+// this direction while the other one continues. io.Copy between two *net.TCPConn splices in the
+// kernel; the LimitedReader keeps the splice and bounds a round.
+func (p *tcpProxy) pipe(dst, src *net.TCPConn, bytes *atomic.Uint64) {
+	for {
+		deadline := time.Now().Add(relayRound)
+		if p.idle > 0 {
+			if d := time.Unix(0, p.last.Load()).Add(p.idle); d.Before(deadline) {
+				deadline = d
+			}
+		}
+		_ = src.SetReadDeadline(deadline)
+		lr := io.LimitedReader{R: src, N: relayChunk}
+		n, err := io.Copy(dst, &lr)
+		if n > 0 {
+			bytes.Add(uint64(n))
+			p.last.Store(time.Now().UnixNano())
+		}
+		switch {
+		case err == nil && lr.N == 0:
+			continue // a full chunk: more may follow
+		case err == nil:
+			_ = dst.CloseWrite() // end of stream from src
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if p.idle > 0 && time.Since(time.Unix(0, p.last.Load())) >= p.idle {
+				p.idled.Store(true)
+				p.close()
+				return
+			}
+			continue
+		default:
+			// A reset, a closed socket or a write error: the other direction cannot go on.
+			p.close()
+			return
+		}
+	}
+}
+
+func (p *tcpProxy) close() {
+	p.closeOnce.Do(func() {
+		if p.idled.Load() && p.resetOnIdle {
+			reset(p.client)
+			reset(p.server)
+			return
+		}
+		_ = p.client.Close()
+		_ = p.server.Close()
+	})
+}
+
+// abort closes both sides at the drain deadline.
+func (p *tcpProxy) abort() { p.close() }
+
+// serveUnavailable answers an HTTP client with a redirect when the service has no server: the
+// appliance's "Not Available Redirection".
+func serveUnavailable(c *net.TCPConn, template string) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 64<<10)))
+	if err != nil {
+		return
+	}
+	resp := http.Response{
+		StatusCode: http.StatusFound,
+		ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Location": {expandRedirect(template, req)}, "Connection": {"close"}},
+		Close:  true,
+	}
+	_ = resp.Write(c)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.AddrPort()
+	case *net.UDPAddr:
+		return a.AddrPort()
+	}
+	return netip.AddrPort{}
+}
