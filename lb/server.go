@@ -35,11 +35,11 @@ type realServer struct {
 	addr   netip.Addr // address to dial
 	port   uint16     // 0: the virtual-service port's target port
 	weight atomic.Int32
-	state  atomic.Int32 // State
-	up     atomic.Bool  // health
+	state  atomic.Int32  // State
+	up     atomic.Bool   // health
 	active atomic.Int64  // open connections / UDP sessions
 	total  atomic.Uint64 // connections and UDP sessions ever sent to it
-	seed   uint64       // hash of key, for rendezvous hashing
+	seed   uint64        // hash of key, for rendezvous hashing
 }
 
 // available reports whether the server may take a new connection.

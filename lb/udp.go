@@ -34,7 +34,7 @@ type udpSession struct {
 	client netip.AddrPort
 	up     *net.UDPConn
 	svc    *service
-	server *realServer // nil for the sorry server
+	server *realServer  // nil for the sorry server
 	last   atomic.Int64 // unix nanoseconds of the last datagram either way
 }
 
