@@ -1,0 +1,45 @@
+// Command pairlb is the load balancer daemon and its tools: `run` serves a configuration,
+// `validate` checks one. It is the only place where the packages are wired together.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `pairlb: a load balancer pair for Lync / Skype for Business pools
+
+usage:
+  pairlb run -c FILE        serve FILE in the foreground (logs to stderr)
+  pairlb validate -c FILE   check FILE; print one line per virtual service or every error
+  pairlb version            print the version
+`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "validate":
+		return cmdValidate(args[1:], stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "pairlb", version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "pairlb: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// echoServer greets each connection with its name and echoes until EOF.
+func echoServer(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", name)
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func serviceYAML(name string, port int, server string) string {
+	return fmt.Sprintf(`  - name: %s
+    vip: 127.0.0.1
+    ports: ["%d/tcp"]
+    scheduler: roundrobin
+    health: {type: none}
+    real_servers: [{address: "%s"}]
+`, name, port, server)
+}
+
+func greeting(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	s, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(s), err
+}
+
+func waitGreeting(t *testing.T, addr, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := greeting(addr)
+		if err == nil && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: got %q, %v; want %q", addr, got, err, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lockedBuffer collects a child's stderr while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func buildPairlb(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "pairlb")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestRunReloadAndStop drives the real binary: it serves the file, a SIGHUP with an invalid
+// file keeps the old configuration serving, a SIGHUP with a valid file adds a listener while an
+// open connection survives, and SIGTERM exits 0.
+func TestRunReloadAndStop(t *testing.T) {
+	bin := buildPairlb(t)
+	be := echoServer(t, "fe1")
+	p1, p2 := freeTCPPort(t), freeTCPPort(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "pairlb.yaml")
+	head := fmt.Sprintf("global:\n  admin: 127.0.0.1:%d\n  drain_timeout: 5s\nvirtual_services:\n", freeTCPPort(t))
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(head + serviceYAML("web", p1, be))
+
+	var stderr lockedBuffer
+	cmd := exec.Command(bin, "run", "-c", file)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("pairlb stderr:\n%s", stderr.String())
+		}
+	})
+	addr1 := fmt.Sprintf("127.0.0.1:%d", p1)
+	addr2 := fmt.Sprintf("127.0.0.1:%d", p2)
+	waitGreeting(t, addr1, "fe1")
+
+	open, err := net.Dial("tcp", addr1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	openR := bufio.NewReader(open)
+	if _, err := openR.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+
+	write(head + serviceYAML("web", p1, be) + "    bogus_key: 1\n")
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got, err := greeting(addr1); err != nil || got != "fe1" {
+		t.Fatalf("after an invalid reload: %q %v", got, err)
+	}
+	if !strings.Contains(stderr.String(), "bogus_key") {
+		t.Errorf("the invalid reload's error is not logged:\n%s", stderr.String())
+	}
+
+	write(head + serviceYAML("web", p1, be) + serviceYAML("web2", p2, be))
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitGreeting(t, addr2, "fe1")
+	_ = open.SetDeadline(time.Now().Add(2 * time.Second))
+	fmt.Fprint(open, "ping")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(openR, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("open connection after reload: %q %v", buf, err)
+	}
+	open.Close()
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Fatalf("exit after SIGTERM: %v", waitErr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("pairlb did not exit within 10s of SIGTERM")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := dispatch([]string{"validate", "-c", "../../config/examples/lync2013-single-pair.yaml"}, &out, &errOut); code != 0 {
+		t.Fatalf("validate of the Lync example exited %d:\n%s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "gw 10.11.0.1") {
+		t.Errorf("summary lacks the internal gateway:\n%s", out.String())
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("virtual_services:\n  - name: x\n    vip: 10.0.0.300\n    ports: [\"70000/tcp\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := dispatch([]string{"validate", "-c", bad}, &out, &errOut); code != 1 {
+		t.Fatalf("validate of a bad file exited %d, want 1", code)
+	}
+	for _, want := range []string{"10.0.0.300", "70000/tcp", "bad.yaml:3"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("errors do not mention %q:\n%s", want, errOut.String())
+		}
+	}
+}
