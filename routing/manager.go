@@ -1,0 +1,667 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pairlb/pairlb/config"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of a Manager's watcher.
+const (
+	DefaultDebounce = 200 * time.Millisecond
+	DefaultResync   = 30 * time.Second
+)
+
+// Manager makes the kernel of one network namespace hold a Plan and keeps it there. Its methods
+// are safe for concurrent use.
+type Manager struct {
+	h        *netlink.Handle
+	log      *slog.Logger
+	ns       *netns.NsHandle
+	debounce time.Duration
+	resync   time.Duration
+
+	mu     sync.Mutex
+	cfg    *config.Config // last configuration Set successfully planned; nil before
+	owned  map[Addr]bool  // VIP addresses this process added (key form: no link name)
+	closed bool
+}
+
+// Option adjusts a Manager.
+type Option func(*Manager)
+
+// WithNamespace names the network namespace h works in, so that Run watches the same one.
+// Without it Run watches the namespace of the calling thread.
+func WithNamespace(ns netns.NsHandle) Option {
+	return func(m *Manager) { m.ns = &ns }
+}
+
+// WithDebounce sets how long Run gathers link, address and route events before re-applying.
+func WithDebounce(d time.Duration) Option { return func(m *Manager) { m.debounce = d } }
+
+// WithResync sets how often Run re-applies without an event (rules have no notifications).
+func WithResync(d time.Duration) Option { return func(m *Manager) { m.resync = d } }
+
+// New returns a Manager that changes the kernel through h.
+func New(h *netlink.Handle, logger *slog.Logger, opts ...Option) *Manager {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{h: h, log: logger, debounce: DefaultDebounce, resync: DefaultResync, owned: map[Addr]bool{}}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
+}
+
+// Links takes a snapshot of the namespace's interfaces and usable addresses.
+func (m *Manager) Links() ([]Link, error) {
+	nlLinks, err := retryDump("links", m.h.LinkList)
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := retryDump("addresses", func() ([]netlink.Addr, error) { return m.h.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, err
+	}
+	byIndex := map[int][]netip.Prefix{}
+	for _, a := range addrs {
+		if a.IPNet == nil || a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+			continue
+		}
+		p, ok := prefixOf(a.IPNet)
+		if !ok || p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		byIndex[a.LinkIndex] = append(byIndex[a.LinkIndex], p)
+	}
+	var out []Link
+	for _, l := range nlLinks {
+		at := l.Attrs()
+		if at.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		out = append(out, Link{Index: at.Index, Name: at.Name, Up: at.Flags&net.FlagUp != 0, Addrs: byIndex[at.Index]})
+	}
+	return out, nil
+}
+
+// Plan snapshots the links and builds the plan for cfg without changing anything.
+func (m *Manager) Plan(cfg *config.Config) (Plan, error) {
+	links, err := m.Links()
+	if err != nil {
+		return Plan{}, err
+	}
+	return BuildPlan(cfg, links)
+}
+
+// Diff renders what Set(cfg) would change, as DiffLines does.
+func (m *Manager) Diff(cfg *config.Config) ([]string, error) {
+	p, err := m.Plan(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rules, routes, err := m.Installed()
+	if err != nil {
+		return nil, err
+	}
+	return DiffLines(p, rules, routes), nil
+}
+
+// Set makes the kernel hold the plan for cfg: it adds what is missing, then removes pairlb's
+// objects the plan no longer has. It writes nothing when the kernel already matches, so calling
+// it again changes nothing. The configuration is kept for Run to re-apply.
+func (m *Manager) Set(cfg *config.Config) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errors.New("routing manager is closed")
+	}
+	links, err := m.Links()
+	if err != nil {
+		return err
+	}
+	p, err := BuildPlan(cfg, links)
+	if err != nil {
+		return err
+	}
+	m.cfg = cfg
+	return m.apply(p, links)
+}
+
+// Cleanup removes every object in pairlb's range, whoever left it: call it at start, before the
+// first Set, to clear what a crashed instance left behind. (Set alone also removes stale
+// objects in the range, after adding the new ones.)
+func (m *Manager) Cleanup() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.removeAll()
+}
+
+// Close removes everything pairlb made and stops later Sets and re-applies.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	m.cfg = nil
+	return m.removeAll()
+}
+
+func (m *Manager) removeAll() error {
+	links, err := m.Links()
+	if err != nil {
+		return err
+	}
+	return m.apply(Plan{}, links)
+}
+
+// Installed lists pairlb's rules and routes in the kernel, sorted as a plan's are.
+func (m *Manager) Installed() ([]Rule, []Route, error) {
+	links, err := m.Links()
+	if err != nil {
+		return nil, nil, err
+	}
+	return m.installed(links)
+}
+
+func (m *Manager) installed(links []Link) ([]Rule, []Route, error) {
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Index] = l.Name
+	}
+	var rules []Rule
+	var routes []Route
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := retryDump("rules", func() ([]netlink.Rule, error) { return m.h.RuleList(fam) })
+		if err != nil {
+			return nil, nil, err
+		}
+		for i := range rs {
+			r := &rs[i]
+			if !ownsRule(r) || r.Src == nil {
+				continue
+			}
+			src, ok := prefixOf(r.Src)
+			if !ok {
+				continue
+			}
+			rules = append(rules, Rule{Priority: r.Priority, Table: r.Table, Src: src})
+		}
+		rts, err := retryDump("routes", func() ([]netlink.Route, error) {
+			return m.h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		for i := range rts {
+			r := &rts[i]
+			if !ownsRoute(r) {
+				continue
+			}
+			rt, ok := fromNetlink(r, fam)
+			if !ok {
+				continue
+			}
+			rt.LinkName = names[rt.Link]
+			routes = append(routes, rt)
+		}
+	}
+	sortRules(rules)
+	sortRoutes(routes)
+	return rules, routes, nil
+}
+
+// fromNetlink converts a dumped route; ok is false for shapes pairlb never makes.
+func fromNetlink(r *netlink.Route, fam int) (Route, bool) {
+	if len(r.MultiPath) > 0 {
+		return Route{}, false
+	}
+	rt := Route{Table: r.Table, Link: r.LinkIndex, Metric: uint32(r.Priority)}
+	switch r.Type {
+	case unix.RTN_UNICAST:
+	case unix.RTN_UNREACHABLE:
+		rt.Type, rt.Link = Unreachable, 0 // IPv6 reports unreachable routes on lo
+	default:
+		return Route{}, false
+	}
+	if r.Dst != nil {
+		p, ok := prefixOf(r.Dst)
+		if !ok {
+			return Route{}, false
+		}
+		rt.Dst = p
+	} else if fam == netlink.FAMILY_V4 {
+		rt.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	} else {
+		rt.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	if a, ok := netip.AddrFromSlice(r.Gw); ok {
+		rt.Gw = a.Unmap()
+	}
+	if a, ok := netip.AddrFromSlice(r.Src); ok {
+		rt.Src = a.Unmap()
+	}
+	return rt, true
+}
+
+// apply makes the kernel hold p. It adds first and removes after; errors are gathered so that
+// one bad table does not stop the others.
+func (m *Manager) apply(p Plan, links []Link) error {
+	rules, routes, err := m.installed(links)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	changed := false
+
+	// Addresses.
+	present := map[Addr]bool{}
+	for _, l := range links {
+		for _, a := range l.Addrs {
+			if a.Bits() == a.Addr().BitLen() {
+				present[Addr{Link: l.Index, Prefix: a}] = true
+			}
+		}
+	}
+	wantAddrs := map[Addr]bool{}
+	for _, a := range p.Addrs {
+		wantAddrs[a.key()] = true
+		if present[a.key()] {
+			// Already there: left by an earlier pairlb (IPv6 addresses carry no mark a
+			// restart could find) or added by hand. With ManageAddresses the VIP is
+			// pairlb's either way, so it is removed when no longer wanted.
+			m.owned[a.key()] = true
+			continue
+		}
+		err := m.h.AddrAdd(linkRef(a.Link, a.LinkName), toNetlinkAddr(a))
+		switch {
+		case err == nil:
+			m.owned[a.key()] = true
+			changed = true
+			m.log.Info("added VIP address", "address", a.Prefix, "link", a.LinkName)
+		case errors.Is(err, unix.EEXIST):
+		default:
+			errs = append(errs, fmt.Errorf("adding address %s to %s: %w", a.Prefix, a.LinkName, err))
+		}
+	}
+
+	// Routes, in plan order (connected before default).
+	haveRoutes := map[routeKey]bool{}
+	for _, r := range routes {
+		haveRoutes[r.key()] = true
+	}
+	failedTables := map[int]bool{}
+	for _, r := range p.Routes {
+		if haveRoutes[r.key()] {
+			continue
+		}
+		if err := m.h.RouteReplace(toNetlinkRoute(r)); err != nil {
+			failedTables[r.Table] = true
+			errs = append(errs, fmt.Errorf("adding route %q: %w", r.Line(), err))
+			continue
+		}
+		changed = true
+		m.log.Info("added route", "route", r.Line())
+	}
+
+	// Rules.
+	haveRules := map[Rule]bool{}
+	for _, r := range rules {
+		haveRules[r] = true
+	}
+	for _, r := range p.Rules {
+		if haveRules[r] {
+			continue
+		}
+		err := m.h.RuleAdd(toNetlinkRule(r))
+		switch {
+		case err == nil:
+			changed = true
+			m.log.Info("added rule", "rule", r.Line())
+		case errors.Is(err, unix.EEXIST):
+		default:
+			errs = append(errs, fmt.Errorf("adding rule from %s to table %d: %w", r.Src.Addr(), r.Table, err))
+		}
+	}
+
+	// Deletions, against a fresh dump when something was added (a replace may have changed a
+	// route in place).
+	if changed {
+		if rules, routes, err = m.installed(links); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+	}
+	wantRules := map[Rule]bool{}
+	for _, r := range p.Rules {
+		wantRules[r] = true
+	}
+	for _, r := range rules {
+		if wantRules[r] {
+			continue
+		}
+		err := m.h.RuleDel(toNetlinkRule(r))
+		switch {
+		case err == nil:
+			m.log.Info("removed rule", "rule", delLine(r.Line()))
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ESRCH):
+		default:
+			errs = append(errs, fmt.Errorf("removing rule from %s to table %d: %w", r.Src.Addr(), r.Table, err))
+		}
+	}
+	wantRoutes := map[routeKey]bool{}
+	for _, r := range p.Routes {
+		wantRoutes[r.key()] = true
+	}
+	for _, r := range routes {
+		if wantRoutes[r.key()] || failedTables[r.Table] {
+			continue
+		}
+		err := m.h.RouteDel(toNetlinkRoute(r))
+		switch {
+		case err == nil:
+			m.log.Info("removed route", "route", delLine(r.Line()))
+		case errors.Is(err, unix.ESRCH), errors.Is(err, unix.ENOENT):
+		default:
+			errs = append(errs, fmt.Errorf("removing route %q: %w", delLine(r.Line()), err))
+		}
+	}
+
+	// Addresses pairlb added (this process, or labelled by an earlier one) and no longer wants.
+	mine := map[Addr]string{}
+	for a := range m.owned {
+		mine[a] = ""
+	}
+	labelled, err := m.labelledAddrs()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for a, label := range labelled {
+		mine[a] = label
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Index] = l.Name
+	}
+	for a := range mine {
+		if wantAddrs[a] {
+			continue
+		}
+		a.LinkName = names[a.Link]
+		err := m.h.AddrDel(linkRef(a.Link, a.LinkName), toNetlinkAddr(a))
+		switch {
+		case err == nil:
+			m.log.Info("removed VIP address", "address", a.Prefix, "link", a.LinkName)
+		case errors.Is(err, unix.EADDRNOTAVAIL), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENOENT):
+		default:
+			errs = append(errs, fmt.Errorf("removing address %s from %s: %w", a.Prefix, a.LinkName, err))
+			continue
+		}
+		delete(m.owned, a.key())
+	}
+	return errors.Join(errs...)
+}
+
+// labelledAddrs lists the IPv4 host addresses carrying pairlb's label.
+func (m *Manager) labelledAddrs() (map[Addr]string, error) {
+	addrs, err := retryDump("addresses", func() ([]netlink.Addr, error) { return m.h.AddrList(nil, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, err
+	}
+	out := map[Addr]string{}
+	for _, a := range addrs {
+		if a.IPNet == nil || !strings.HasSuffix(a.Label, addrLabelSuffix) {
+			continue
+		}
+		p, ok := prefixOf(a.IPNet)
+		if !ok || p.Bits() != 32 {
+			continue
+		}
+		out[Addr{Link: a.LinkIndex, Prefix: p}] = a.Label
+	}
+	return out, nil
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	ones, bits := n.Mask.Size()
+	if bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+func linkRef(index int, name string) netlink.Link {
+	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index, Name: name}}
+}
+
+func toNetlinkRule(r Rule) *netlink.Rule {
+	nr := netlink.NewRule()
+	nr.Family = family(r.Src.Addr())
+	nr.Priority = r.Priority
+	nr.Table = r.Table
+	nr.Src = ipNet(r.Src)
+	nr.Protocol = Protocol
+	return nr
+}
+
+func toNetlinkRoute(r Route) *netlink.Route {
+	nr := &netlink.Route{
+		Family:    family(r.Dst.Addr()),
+		Table:     r.Table,
+		Dst:       ipNet(r.Dst),
+		LinkIndex: r.Link,
+		Protocol:  Protocol,
+		Priority:  int(r.Metric),
+		Type:      unix.RTN_UNICAST,
+		Scope:     netlink.SCOPE_UNIVERSE,
+	}
+	switch {
+	case r.Type == Unreachable:
+		nr.Type = unix.RTN_UNREACHABLE
+	case !r.Gw.IsValid():
+		nr.Scope = netlink.SCOPE_LINK
+	default:
+		nr.Gw = r.Gw.AsSlice()
+	}
+	if r.Src.IsValid() {
+		nr.Src = r.Src.AsSlice()
+	}
+	return nr
+}
+
+func toNetlinkAddr(a Addr) *netlink.Addr {
+	na := &netlink.Addr{IPNet: ipNet(a.Prefix)}
+	if a.Prefix.Addr().Is6() {
+		na.Flags = unix.IFA_F_NODAD
+	} else {
+		na.Label = addrLabel(a.LinkName)
+	}
+	return na
+}
+
+// Run keeps the kernel matching the last configuration given to Set: it watches link, address
+// and route changes in the Manager's namespace and re-applies, debounced, after any of them
+// (a link going down and up silently empties a table's IPv4 routes), and every resync
+// interval. It returns when ctx ends.
+func (m *Manager) Run(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		err := m.watch(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		m.log.Warn("routing watch ended; subscribing again", "error", err, "after", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// watch subscribes to the namespace's changes and re-applies until ctx ends or a subscription
+// breaks. It waits for the subscriptions' goroutines before returning.
+func (m *Manager) watch(ctx context.Context) error {
+	done := make(chan struct{})
+	linkCh := make(chan netlink.LinkUpdate, 64)
+	addrCh := make(chan netlink.AddrUpdate, 64)
+	routeCh := make(chan netlink.RouteUpdate, 256)
+	subErr := make(chan error, 3)
+	onErr := func(err error) {
+		select {
+		case subErr <- err:
+		default:
+		}
+	}
+	var subscribed []func()
+	defer func() {
+		close(done)
+		for _, wait := range subscribed {
+			wait()
+		}
+	}()
+	if err := netlink.LinkSubscribeWithOptions(linkCh, done, netlink.LinkSubscribeOptions{Namespace: m.ns, ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribing to link changes: %w", err)
+	}
+	subscribed = append(subscribed, drainer(linkCh))
+	if err := netlink.AddrSubscribeWithOptions(addrCh, done, netlink.AddrSubscribeOptions{Namespace: m.ns, ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribing to address changes: %w", err)
+	}
+	subscribed = append(subscribed, drainer(addrCh))
+	if err := netlink.RouteSubscribeWithOptions(routeCh, done, netlink.RouteSubscribeOptions{Namespace: m.ns, ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribing to route changes: %w", err)
+	}
+	subscribed = append(subscribed, drainer(routeCh))
+
+	// The debounce timer is armed by the first event and not pushed back by later ones, so a
+	// storm of events still gets a re-apply within one debounce interval.
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	armed := false
+	arm := func() {
+		if !armed {
+			timer.Reset(m.debounce)
+			armed = true
+		}
+	}
+	resync := time.NewTicker(m.resync)
+	defer resync.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+
+	// Anything may have changed while nobody watched.
+	if !m.reapply() {
+		retry.Reset(time.Second)
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-subErr:
+			// Possibly a lost event (the receive buffer overflowed): re-apply to be sure. A
+			// subscription that ended also closes its channel, handled below.
+			m.log.Warn("routing watch", "error", err)
+			arm()
+		case _, ok := <-linkCh:
+			if !ok {
+				return errors.New("link subscription closed")
+			}
+			arm()
+		case _, ok := <-addrCh:
+			if !ok {
+				return errors.New("address subscription closed")
+			}
+			arm()
+		case u, ok := <-routeCh:
+			if !ok {
+				return errors.New("route subscription closed")
+			}
+			// Only pairlb's tables matter: the plan is built from links and addresses. A
+			// re-apply that finds the kernel matching writes nothing, so pairlb's own changes
+			// do not loop.
+			if u.Table >= TableFirst && u.Table <= TableLast {
+				arm()
+			}
+		case <-timer.C:
+			armed = false
+			if !m.reapply() {
+				retry.Reset(time.Second)
+			}
+		case <-retry.C:
+			if !m.reapply() {
+				retry.Reset(time.Second)
+			}
+		case <-resync.C:
+			m.reapply()
+		}
+	}
+}
+
+// drainer returns a function that waits, briefly, for a subscription to close its channel: the
+// netlink library closes it when its goroutine ends.
+func drainer[T any](ch <-chan T) func() {
+	return func() {
+		deadline := time.After(2 * time.Second)
+		for {
+			select {
+			case _, ok := <-ch:
+				if !ok {
+					return
+				}
+			case <-deadline:
+				return
+			}
+		}
+	}
+}
+
+// reapply applies the last configuration again; it reports false when that failed.
+func (m *Manager) reapply() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.cfg == nil {
+		return true
+	}
+	links, err := m.Links()
+	if err == nil {
+		var p Plan
+		if p, err = BuildPlan(m.cfg, links); err == nil {
+			err = m.apply(p, links)
+		}
+	}
+	if err != nil {
+		m.log.Warn("re-applying routing plan", "error", err)
+		return false
+	}
+	return true
+}
