@@ -356,12 +356,13 @@ func (b *Balancer) SetServerState(vs, server string, st State) error {
 	return nil
 }
 
-// SetServerHealth records the health verdict on a real server.
+// SetServerHealth records the health verdict on a real server. A server that is down takes no
+// new connections; its open ones are closed only in services with close_on_down.
 func (b *Balancer) SetServerHealth(vs, server string, up bool) error {
 	_, r, err := b.server(vs, server)
 	if err != nil {
 		return err
 	}
-	r.up.Store(up)
+	r.setUp(up)
 	return nil
 }

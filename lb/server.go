@@ -1,7 +1,9 @@
 package lb
 
 import (
+	"context"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 )
 
@@ -40,6 +42,35 @@ type realServer struct {
 	active atomic.Int64  // open connections / UDP sessions
 	total  atomic.Uint64 // connections and UDP sessions ever sent to it
 	seed   uint64        // hash of key, for rendezvous hashing
+
+	// down is cancelled when health marks the server down, closing the connections of services
+	// with close_on_down; a fresh one replaces it for the connections that follow.
+	downMu sync.Mutex
+	down   context.Context
+	cancel context.CancelFunc
+}
+
+// downContext returns the context that ends when the server is next marked down.
+func (r *realServer) downContext() context.Context {
+	r.downMu.Lock()
+	defer r.downMu.Unlock()
+	if r.down == nil {
+		r.down, r.cancel = context.WithCancel(context.Background())
+	}
+	return r.down
+}
+
+// setUp records a health verdict. Going down ends the down context.
+func (r *realServer) setUp(up bool) {
+	if r.up.Swap(up) == up || up {
+		return
+	}
+	r.downMu.Lock()
+	defer r.downMu.Unlock()
+	if r.cancel != nil {
+		r.cancel()
+		r.down, r.cancel = nil, nil
+	}
 }
 
 // available reports whether the server may take a new connection.

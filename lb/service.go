@@ -154,7 +154,15 @@ func (s *service) pick(client netip.Addr, tried []*realServer) *realServer {
 			candidates = append(candidates, r)
 		}
 	}
-	r := s.sched.pick(candidates, client)
+	var r *realServer
+	if s.persist != nil {
+		// A new client of a persistent service goes where a consistent hash of its address
+		// sends it: both boxes of a pair, with the same configuration and health view, agree on
+		// it without sharing a table, so affinity survives a failover.
+		r = rendezvous(candidates, client)
+	} else {
+		r = s.sched.pick(candidates, client)
+	}
 	if r != nil && s.persist != nil {
 		s.persist.store(client, r.key, now)
 	}

@@ -87,6 +87,10 @@ func (b *Balancer) proxyTCP(client *net.TCPConn, bnd *binding) {
 	p.last.Store(time.Now().UnixNano())
 	stop := context.AfterFunc(b.force, p.abort)
 	defer stop()
+	if r != nil && svc.cfg.CloseOnDown {
+		stopDown := context.AfterFunc(r.downContext(), p.abort)
+		defer stopDown()
+	}
 	p.run(st)
 }
 

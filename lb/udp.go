@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -244,6 +245,10 @@ func (l *udpListener) dialServer(bnd *binding, client netip.AddrPort) (*net.UDPC
 // the session has been idle for the service's UDP idle timeout.
 func (s *udpSession) relayReplies() {
 	defer s.end()
+	if s.server != nil && s.svc.cfg.CloseOnDown {
+		stop := context.AfterFunc(s.server.downContext(), func() { _ = s.up.Close() })
+		defer stop()
+	}
 	st := s.svc.stats
 	idle := s.svc.cfg.UDPIdleTimeout
 	buf := make([]byte, sessionBuffer)

@@ -7,13 +7,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/health"
 	"github.com/pairlb/pairlb/lb"
+	"github.com/pairlb/pairlb/routing"
 )
 
 const defaultConfig = "/etc/pairlb/pairlb.yaml"
@@ -67,9 +75,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 // daemon wires the packages together for `pairlb run`.
 type daemon struct {
-	log  *slog.Logger
-	path string
-	lb   *lb.Balancer
+	log    *slog.Logger
+	path   string
+	lb     *lb.Balancer
+	health *health.Monitor
+	routes *routing.Manager // nil when routing is off (no privilege and nothing to route)
 
 	mu  sync.Mutex // serialises reloads
 	cfg *config.Config
@@ -81,16 +91,86 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 		return nil, err
 	}
 	d := &daemon{log: log, path: path, lb: lb.New(log), cfg: cfg}
-	if err := d.lb.Apply(cfg); err != nil {
+	d.health = health.NewMonitor(health.Options{
+		Logger: log,
+		OnChange: func(c health.Change) {
+			// A target removed by a reload may report once more before Set returns.
+			_ = d.lb.SetServerHealth(c.Service, c.Server, c.Up)
+		},
+	})
+	if netAdmin() {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return nil, fmt.Errorf("opening netlink: %w", err)
+		}
+		d.routes = routing.New(h, log)
+	} else if needsRouting(cfg) {
+		return nil, errors.New("the configuration sets default gateways or manage_addresses, which need CAP_NET_ADMIN; run as root or with that capability")
+	} else {
+		log.Info("routing off: no CAP_NET_ADMIN and no virtual service with a default gateway")
+	}
+	if err := d.apply(cfg); err != nil {
+		if d.routes != nil {
+			_ = d.routes.Close()
+		}
 		return nil, err
 	}
 	log.Info("configuration loaded", "file", path, "hash", cfg.Hash, "virtual_services", len(cfg.VirtualServices))
 	return d, nil
 }
 
-// run serves until ctx ends, then stops gracefully.
+// apply hands cfg to every part. Routing comes first so that replies of the first connections
+// already leave through their VIP's gateway; the balancer applies atomically, so a failure there
+// leaves it on the old configuration, and routing is put back to match it.
+func (d *daemon) apply(cfg *config.Config) error {
+	if d.routes != nil {
+		if err := d.routes.Set(cfg); err != nil {
+			d.restoreRoutes()
+			return fmt.Errorf("routing: %w", err)
+		}
+	}
+	if err := d.lb.Apply(cfg); err != nil {
+		d.restoreRoutes()
+		return err
+	}
+	d.health.Set(healthTargets(cfg))
+	return nil
+}
+
+func (d *daemon) restoreRoutes() {
+	if d.routes == nil || d.cfg == nil || d.lb.Config() == nil {
+		return
+	}
+	if err := d.routes.Set(d.lb.Config()); err != nil {
+		d.log.Error("restoring routing for the running configuration", "err", err)
+	}
+}
+
+// run serves until ctx ends, then stops gracefully and removes the kernel state it made.
 func (d *daemon) run(ctx context.Context) error {
-	return d.lb.Run(ctx)
+	var wg sync.WaitGroup
+	start := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				d.log.Error("stopped with error", "part", name, "err", err)
+			}
+		}()
+	}
+	start("health", d.health.Run)
+	if d.routes != nil {
+		start("routing", d.routes.Run)
+	}
+	err := d.lb.Run(ctx)
+	wg.Wait()
+	if d.routes != nil {
+		if cerr := d.routes.Close(); cerr != nil {
+			d.log.Error("removing routing state", "err", cerr)
+			err = errors.Join(err, cerr)
+		}
+	}
+	return err
 }
 
 // reload reads the file again. On any error the running configuration stays and every error is
@@ -99,6 +179,12 @@ func (d *daemon) reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg, err := config.Load(d.path)
+	if err == nil && d.routes == nil && needsRouting(cfg) {
+		err = errors.New("the new configuration sets default gateways or manage_addresses, which need CAP_NET_ADMIN")
+	}
+	if err == nil {
+		err = d.apply(cfg)
+	}
 	if err != nil {
 		// One line per problem: an operator greps the log for the field or the line number.
 		var errs config.Errors
@@ -111,11 +197,59 @@ func (d *daemon) reload() error {
 		d.log.Error("keeping the running configuration", "file", d.path, "errors", len(errs))
 		return err
 	}
-	if err := d.lb.Apply(cfg); err != nil {
-		d.log.Error("reload failed, keeping the running configuration", "file", d.path, "err", err)
-		return err
-	}
 	d.cfg = cfg
 	d.log.Info("configuration reloaded", "file", d.path, "hash", cfg.Hash, "virtual_services", len(cfg.VirtualServices))
 	return nil
+}
+
+// healthTargets resolves every enabled real server into what the monitor probes: the health
+// port when the service sets one, else the target port of the service's first port, from the
+// source address forwarded connections use.
+func healthTargets(cfg *config.Config) []health.Target {
+	var out []health.Target
+	for i := range cfg.VirtualServices {
+		vs := &cfg.VirtualServices[i]
+		if vs.Redirect != "" || len(vs.Ports) == 0 {
+			continue
+		}
+		for _, rs := range vs.RealServers {
+			addr := rs.AddrPort(vs.Ports[0].Target)
+			if vs.Health.Port != 0 {
+				addr = netip.AddrPortFrom(rs.Address, vs.Health.Port)
+			}
+			var src netip.Addr
+			if len(vs.SourceAddresses) > 0 {
+				src = vs.SourceAddresses[0]
+			}
+			out = append(out, health.Target{Service: vs.Name, Server: rs.Key(), Addr: addr, Source: src, Check: vs.Health})
+		}
+	}
+	return out
+}
+
+func needsRouting(cfg *config.Config) bool {
+	if cfg.Global.ManageAddresses {
+		return true
+	}
+	for _, vs := range cfg.VirtualServices {
+		if vs.DefaultGateway.IsValid() || vs.Transparent {
+			return true
+		}
+	}
+	return false
+}
+
+// netAdmin reports whether the process holds CAP_NET_ADMIN in its effective set.
+func netAdmin() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_NET_ADMIN) != 0
+		}
+	}
+	return false
 }
