@@ -52,7 +52,9 @@ func startBackend(t *testing.T, name string) *backend {
 				defer b.wg.Done()
 				defer c.Close()
 				fmt.Fprintf(c, "%s\n", name)
-				_, _ = io.Copy(c, c)
+				// Plain reads and writes: Go's own splice would hold a pipe per connection here
+				// and blur the pipe count of TestIdleConnectionsHoldNoPipes.
+				_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
 				_ = c.(*net.TCPConn).CloseWrite()
 			}()
 		}
@@ -483,5 +485,59 @@ func TestUnavailableRedirect(t *testing.T) {
 	}
 	if resp.StatusCode != 302 || resp.Header.Get("Location") != "https://sorry.example.test/meet" {
 		t.Fatalf("got %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// countPipes counts the pipes this process holds open.
+func countPipes(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, "pipe:") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestIdleConnectionsHoldNoPipes opens connections that moved bulk data (through splice) and
+// then went quiet: none of them may keep a pipe, or idle connections would cost four
+// descriptors each instead of two.
+func TestIdleConnectionsHoldNoPipes(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "idle", be.addr())
+	startBalancer(t, testConfig(vs))
+	before := countPipes(t)
+	const conns = 40
+	bulk := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB: splice territory
+	for i := range conns {
+		c, err := net.Dial("tcp", vipAddr(vs, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		go func() { _, _ = io.WriteString(c, bulk) }()
+		got := make([]byte, len(bulk))
+		if _, err := io.ReadFull(r, got); err != nil || string(got) != bulk {
+			t.Fatalf("connection %d: bulk echo corrupted or short: %v", i, err)
+		}
+	}
+	// Pipes resting in the pool are not held by connections: two collections empty the pool and
+	// its cleanups close them.
+	for range 3 {
+		runtime.GC()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if held := countPipes(t) - before; held >= conns/4 {
+		t.Fatalf("%d idle connections hold %d pipes", conns, held)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,7 +83,6 @@ func (b *Balancer) proxyTCP(client *net.TCPConn, bnd *binding) {
 		_ = client.SetKeepAliveConfig(keepAlive)
 	}
 	p := &tcpProxy{client: client, server: server, idle: svc.cfg.IdleTimeout, resetOnIdle: svc.cfg.ResetOnClose}
-	p.last.Store(time.Now().UnixNano())
 	stop := context.AfterFunc(b.force, p.abort)
 	defer stop()
 	if r != nil && svc.cfg.CloseOnDown {
@@ -167,18 +165,15 @@ type tcpProxy struct {
 	client, server *net.TCPConn
 	idle           time.Duration // 0: no idle timeout
 	resetOnIdle    bool
-	last           atomic.Int64 // unix nanoseconds of the last bytes seen in either direction
+	moved          atomic.Uint64 // bytes relayed in both directions, for idleness
 	closeOnce      sync.Once
 	idled          atomic.Bool
 }
 
-// relayRound bounds how long one direction copies before it reports its bytes and checks for
-// idleness: byte counters move during long connections, and a quiet connection wakes up only
+// relayRound is how often each direction of a connection publishes its byte counts and checks
+// for idleness: counters move during long connections, and a quiet connection wakes up only
 // this often.
 const relayRound = 30 * time.Second
-
-// relayChunk is the most one splice round moves before the counters are updated.
-const relayChunk = 4 << 20
 
 func (p *tcpProxy) run(st *serviceStats) {
 	done := make(chan struct{})
@@ -194,45 +189,6 @@ func (p *tcpProxy) run(st *serviceStats) {
 // The two directions have names of their own so that a goroutine dump says which is which.
 func (p *tcpProxy) copyClientToServer(st *serviceStats) { p.pipe(p.server, p.client, &st.bytesIn) }
 func (p *tcpProxy) copyServerToClient(st *serviceStats) { p.pipe(p.client, p.server, &st.bytesOut) }
-
-// pipe copies src to dst until src ends, then half-closes dst so that the peer sees the end of
-// this direction while the other one continues. io.Copy between two *net.TCPConn splices in the
-// kernel; the LimitedReader keeps the splice and bounds a round.
-func (p *tcpProxy) pipe(dst, src *net.TCPConn, bytes *atomic.Uint64) {
-	for {
-		deadline := time.Now().Add(relayRound)
-		if p.idle > 0 {
-			if d := time.Unix(0, p.last.Load()).Add(p.idle); d.Before(deadline) {
-				deadline = d
-			}
-		}
-		_ = src.SetReadDeadline(deadline)
-		lr := io.LimitedReader{R: src, N: relayChunk}
-		n, err := io.Copy(dst, &lr)
-		if n > 0 {
-			bytes.Add(uint64(n))
-			p.last.Store(time.Now().UnixNano())
-		}
-		switch {
-		case err == nil && lr.N == 0:
-			continue // a full chunk: more may follow
-		case err == nil:
-			_ = dst.CloseWrite() // end of stream from src
-			return
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if p.idle > 0 && time.Since(time.Unix(0, p.last.Load())) >= p.idle {
-				p.idled.Store(true)
-				p.close()
-				return
-			}
-			continue
-		default:
-			// A reset, a closed socket or a write error: the other direction cannot go on.
-			p.close()
-			return
-		}
-	}
-}
 
 func (p *tcpProxy) close() {
 	p.closeOnce.Do(func() {

@@ -1,0 +1,109 @@
+package lb
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exports the balancer's counters. It reads Status() when scraped, so forwarding pays
+// nothing for metrics, and the series of a service or real server that a reload removed are gone
+// from the next scrape without any bookkeeping.
+type collector struct {
+	b *Balancer
+
+	connections       *prometheus.Desc
+	active            *prometheus.Desc
+	serverConnections *prometheus.Desc
+	serverActive      *prometheus.Desc
+	serverUp          *prometheus.Desc
+	serverState       *prometheus.Desc
+	serverWeight      *prometheus.Desc
+	bytes             *prometheus.Desc
+	dropped           *prometheus.Desc
+	udpSessions       *prometheus.Desc
+}
+
+// NewCollector returns a collector of b's per-service and per-real-server metrics, to register
+// on a registry the caller owns. Labels are the virtual service's name, the real server's key,
+// the listening port and fixed enumerations; never a client address.
+//
+// Byte counters of an open TCP connection are brought up to date at least every 30 seconds or
+// every 4 MiB, and in full when it closes.
+func NewCollector(b *Balancer) prometheus.Collector {
+	vs := []string{"virtual_service"}
+	rs := []string{"virtual_service", "real_server"}
+	return &collector{
+		b: b,
+		connections: prometheus.NewDesc("pairlb_connections_total",
+			"Connections accepted and UDP sessions created, by virtual service and listening port.",
+			[]string{"virtual_service", "port", "proto"}, nil),
+		active: prometheus.NewDesc("pairlb_active_connections",
+			"Open TCP connections and UDP sessions of a virtual service.", vs, nil),
+		serverConnections: prometheus.NewDesc("pairlb_real_server_connections_total",
+			"Connections and UDP sessions sent to a real server.", rs, nil),
+		serverActive: prometheus.NewDesc("pairlb_real_server_active_connections",
+			"Open connections and UDP sessions on a real server.", rs, nil),
+		serverUp: prometheus.NewDesc("pairlb_real_server_up",
+			"1 when the health check says the real server is up, 0 when it is down.", rs, nil),
+		serverState: prometheus.NewDesc("pairlb_real_server_state",
+			"Administrative state of a real server: 1 for its current state (enabled, disabled, draining), 0 for the others.",
+			[]string{"virtual_service", "real_server", "state"}, nil),
+		serverWeight: prometheus.NewDesc("pairlb_real_server_weight",
+			"Scheduling weight of a real server.", rs, nil),
+		bytes: prometheus.NewDesc("pairlb_bytes_total",
+			"Bytes forwarded, by direction (client_to_server, server_to_client).",
+			[]string{"virtual_service", "direction"}, nil),
+		dropped: prometheus.NewDesc("pairlb_dropped_total",
+			"Connections and datagrams not forwarded, by reason.",
+			[]string{"virtual_service", "reason"}, nil),
+		udpSessions: prometheus.NewDesc("pairlb_udp_sessions",
+			"UDP sessions in the session table of a virtual service.", vs, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.connections, c.active, c.serverConnections, c.serverActive,
+		c.serverUp, c.serverState, c.serverWeight, c.bytes, c.dropped, c.udpSessions} {
+		ch <- d
+	}
+}
+
+var states = []State{Enabled, Disabled, Draining}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for _, s := range c.b.Status() {
+		for _, p := range s.Ports {
+			counter(c.connections, p.Accepted, s.Name, strconv.Itoa(int(p.Listen)), p.Proto)
+		}
+		gauge(c.active, float64(s.Active), s.Name)
+		gauge(c.udpSessions, float64(s.UDPSessions), s.Name)
+		counter(c.bytes, s.BytesIn, s.Name, "client_to_server")
+		counter(c.bytes, s.BytesOut, s.Name, "server_to_client")
+		for _, d := range s.Dropped {
+			counter(c.dropped, d.Count, s.Name, d.Reason)
+		}
+		for _, r := range s.RealServers {
+			counter(c.serverConnections, r.Total, s.Name, r.Address)
+			gauge(c.serverActive, float64(r.Active), s.Name, r.Address)
+			gauge(c.serverUp, b2f(r.Up), s.Name, r.Address)
+			gauge(c.serverWeight, float64(r.Weight), s.Name, r.Address)
+			for _, st := range states {
+				gauge(c.serverState, b2f(r.State == st.String()), s.Name, r.Address, st.String())
+			}
+		}
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
