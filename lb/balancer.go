@@ -31,14 +31,12 @@ type Balancer struct {
 	retiring  map[listenerKey]*udpListener // removed UDP listeners still serving their sessions
 	stopping  bool
 
-	// acceptWG counts listener goroutines, connWG open connections and UDP sessions. They are
-	// separate so that shutdown can wait for the accept loops (after which no connection is
-	// added) before it waits for the connections.
-	acceptWG sync.WaitGroup
-	connWG   sync.WaitGroup
-	// gate orders connWG.Add of accepted TCP connections before shutdown's connWG.Wait.
-	gate    sync.RWMutex
-	closing bool
+	// connWG counts open connections and UDP sessions. tcpAcceptWG counts TCP accept loops, the
+	// only code that adds to connWG without a lock: shutdown waits for them to end before it
+	// waits for connWG. acceptWG counts the other listener goroutines.
+	connWG      sync.WaitGroup
+	tcpAcceptWG sync.WaitGroup
+	acceptWG    sync.WaitGroup
 
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
@@ -141,7 +139,7 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 		}
 		for wk := range want {
 			if wk.addr == k.addr && sameSocket(k, wk) {
-				l.retire()
+				l.abort() // the successor needs the address now
 				delete(b.listeners, k)
 				break
 			}
@@ -229,7 +227,7 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 			return nil, err
 		}
 		t := &tcpListener{b: b, key: k, ln: ln.(*net.TCPListener)}
-		b.acceptWG.Add(1)
+		b.tcpAcceptWG.Add(1)
 		go t.serve()
 		return t, nil
 	}
@@ -267,9 +265,6 @@ func (b *Balancer) Run(ctx context.Context) error {
 // shutdown stops accepting, lets open connections and UDP sessions finish for up to drain, then
 // closes what is left and waits for every goroutine.
 func (b *Balancer) shutdown(drain time.Duration) {
-	b.gate.Lock()
-	b.closing = true
-	b.gate.Unlock()
 	b.mu.Lock()
 	b.stopping = true
 	for _, l := range b.listeners {
@@ -279,6 +274,7 @@ func (b *Balancer) shutdown(drain time.Duration) {
 		u.retire()
 	}
 	b.mu.Unlock()
+	b.tcpAcceptWG.Wait() // queued connections accepted; no more are added
 
 	done := make(chan struct{})
 	go func() {
@@ -304,17 +300,6 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	<-done
 	b.acceptWG.Wait()
 	b.log.Info("balancer stopped")
-}
-
-// admit counts a new connection unless shutdown has begun.
-func (b *Balancer) admit() bool {
-	b.gate.RLock()
-	defer b.gate.RUnlock()
-	if b.closing {
-		return false
-	}
-	b.connWG.Add(1)
-	return true
 }
 
 // Config returns the configuration being served, or nil before the first Apply.

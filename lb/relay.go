@@ -93,6 +93,10 @@ func (p *tcpProxy) pipe(dst, src *net.TCPConn, total *atomic.Uint64) {
 		case err == nil:
 			continue
 		case errors.Is(err, io.EOF):
+			// Count before the peer can see the end, so a reader of the counters after the
+			// exchange finds every byte.
+			total.Add(r.pending)
+			r.pending = 0
 			_ = dst.CloseWrite() // the peer sees this direction end; the other goes on
 			return
 		case errors.Is(err, os.ErrDeadlineExceeded):

@@ -17,22 +17,35 @@ import (
 )
 
 type tcpListener struct {
-	b   *Balancer
-	key listenerKey
-	ln  *net.TCPListener
-	cur atomic.Pointer[binding]
+	b       *Balancer
+	key     listenerKey
+	ln      *net.TCPListener
+	cur     atomic.Pointer[binding]
+	retired atomic.Bool
 }
 
 func (l *tcpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
-func (l *tcpListener) retire()             { _ = l.ln.Close() }
-func (l *tcpListener) abort()              { _ = l.ln.Close() }
+
+// retire stops the listener after it has accepted the connections already queued in its
+// backlog: closing it at once would reset them. A deadline in the past makes Accept return the
+// queued ones and then time out.
+func (l *tcpListener) retire() {
+	l.retired.Store(true)
+	_ = l.ln.SetDeadline(time.Unix(1, 0))
+}
+
+func (l *tcpListener) abort() { _ = l.ln.Close() }
 
 func (l *tcpListener) serve() {
-	defer l.b.acceptWG.Done()
+	defer l.b.tcpAcceptWG.Done()
 	var backoff time.Duration
 	for {
 		c, err := l.ln.AcceptTCP()
 		if err != nil {
+			if l.retired.Load() {
+				_ = l.ln.Close()
+				return
+			}
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -43,10 +56,7 @@ func (l *tcpListener) serve() {
 			continue
 		}
 		backoff = 0
-		if !l.b.admit() {
-			reset(c)
-			continue
-		}
+		l.b.connWG.Add(1) // before shutdown's Wait: shutdown waits for this loop to end first
 		bnd := l.cur.Load()
 		bnd.accepted.accepted.Add(1)
 		bnd.svc.stats.accepted.Add(1)
