@@ -208,7 +208,11 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 		if err != nil {
 			return nil, err
 		}
-		u := newUDPListener(b, k, pc.(*net.UDPConn))
+		u, err := newUDPListener(b, k, pc.(*net.UDPConn))
+		if err != nil {
+			pc.Close()
+			return nil, err
+		}
 		b.acceptWG.Add(1)
 		go u.serve()
 		return u, nil

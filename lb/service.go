@@ -20,12 +20,13 @@ const (
 	DropDialFailed                      // every available server (and the sorry server) failed to connect
 	DropUDPTableFull                    // a new UDP client while the session table is at its bound
 	DropUDPSendFailed                   // the kernel refused to send a datagram
+	DropUDPTooLarge                     // a datagram larger than maxDatagram
 	DropServiceClosed                   // traffic for a service a reload removed
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
-	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "service_closed",
+	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "udp_too_large", "service_closed",
 }
 
 func (r DropReason) String() string { return dropReasonNames[r] }

@@ -3,6 +3,7 @@ package lb
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"net"
 	"net/netip"
 	"os"
@@ -22,6 +23,7 @@ type udpListener struct {
 	b    *Balancer
 	key  listenerKey
 	conn *net.UDPConn
+	raw  syscall.RawConn
 	cur  atomic.Pointer[binding]
 
 	mu       sync.RWMutex
@@ -34,21 +36,26 @@ type udpSession struct {
 	l      *udpListener
 	client netip.AddrPort
 	up     *net.UDPConn
+	upRaw  syscall.RawConn
 	svc    *service
 	server *realServer  // nil for the sorry server
 	last   atomic.Int64 // unix nanoseconds of the last datagram either way
 }
 
-// maxDatagram is the largest UDP payload; the listener reads into one buffer of this size.
-const maxDatagram = 65535
+// maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
+// Lync's UDP services (STUN, media relay) stay far below it; a larger datagram is counted
+// (udp_too_large) and dropped, never forwarded truncated.
+const (
+	maxDatagram   = 9216
+	sessionBuffer = maxDatagram
+)
 
-// sessionBuffer is the receive buffer of a session's reader. Real-server replies in Lync's UDP
-// services (STUN, media relay) stay far below it; a larger one is counted and dropped, never
-// forwarded truncated.
-const sessionBuffer = 9216
-
-func newUDPListener(b *Balancer, k listenerKey, c *net.UDPConn) *udpListener {
-	return &udpListener{b: b, key: k, conn: c, sessions: map[netip.AddrPort]*udpSession{}}
+func newUDPListener(b *Balancer, k listenerKey, c *net.UDPConn) (*udpListener, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &udpListener{b: b, key: k, conn: c, raw: raw, sessions: map[netip.AddrPort]*udpSession{}}, nil
 }
 
 func (l *udpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
@@ -107,11 +114,39 @@ func (l *udpListener) closeLocked() {
 	}
 }
 
+// udpBatch is how many datagrams one recvmmsg/sendmmsg call moves at most.
+const udpBatch = 32
+
+// forwardGroup collects the datagrams of one batch that belong to one session.
+type forwardGroup struct {
+	s   *udpSession
+	idx []int
+}
+
+// addToGroup files datagram i under its session, reusing the index slices of earlier batches.
+func addToGroup(groups []forwardGroup, s *udpSession, i int) []forwardGroup {
+	for j := range groups {
+		if groups[j].s == s {
+			groups[j].idx = append(groups[j].idx, i)
+			return groups
+		}
+	}
+	if len(groups) < cap(groups) {
+		groups = groups[:len(groups)+1]
+		g := &groups[len(groups)-1]
+		g.s, g.idx = s, append(g.idx[:0], i)
+		return groups
+	}
+	return append(groups, forwardGroup{s: s, idx: []int{i}})
+}
+
 func (l *udpListener) serve() {
 	defer l.b.acceptWG.Done()
-	buf := make([]byte, maxDatagram)
+	in := newMsgBatch(udpBatch, maxDatagram)
+	out := newMsgBatch(udpBatch, 0)
+	var groups []forwardGroup
 	for {
-		n, _, flags, from, err := l.conn.ReadMsgUDPAddrPort(buf, nil)
+		n, err := in.recv(l.raw)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -121,26 +156,44 @@ func (l *udpListener) serve() {
 		}
 		bnd := l.cur.Load()
 		st := bnd.svc.stats
-		if flags&syscall.MSG_TRUNC != 0 {
-			st.drop(DropUDPSendFailed)
-			continue
-		}
-		l.mu.RLock()
-		s := l.sessions[from]
-		l.mu.RUnlock()
-		if s == nil {
-			if s = l.newSession(bnd, from); s == nil {
+		now := time.Now().UnixNano()
+
+		// Group the batch by session so each session's datagrams go out in one sendmmsg; the
+		// order within a session is kept, which is all UDP promises.
+		groups = groups[:0]
+		for i := range n {
+			if in.truncated(i) {
+				st.drop(DropUDPTooLarge)
 				continue
 			}
+			from := in.from(i)
+			l.mu.RLock()
+			s := l.sessions[from]
+			l.mu.RUnlock()
+			if s == nil {
+				if s = l.newSession(bnd, from); s == nil {
+					continue
+				}
+			}
+			groups = addToGroup(groups, s, i)
 		}
-		s.last.Store(time.Now().UnixNano())
-		if _, err := s.up.Write(buf[:n]); err != nil {
-			// ECONNREFUSED reports an ICMP error from an earlier datagram: the server may be
-			// down; health checks decide that, the datagram is lost either way.
-			st.drop(DropUDPSendFailed)
-			continue
+		for _, g := range groups {
+			g.s.last.Store(now)
+			var size uint64
+			for k, i := range g.idx {
+				out.carry(k, in.bufs[i][:in.lens[i]])
+				size += uint64(in.lens[i])
+			}
+			sent, err := out.send(g.s.upRaw, len(g.idx))
+			if sent < len(g.idx) {
+				// The server's socket is full or refused: those datagrams are lost, counted.
+				st.dropped[DropUDPSendFailed].Add(uint64(len(g.idx) - sent))
+				if err != nil {
+					l.b.log.Debug("udp send failed", "virtual_service", g.s.svc.cfg.Name, "err", err)
+				}
+			}
+			st.bytesIn.Add(size)
 		}
-		st.bytesIn.Add(uint64(n))
 	}
 }
 
@@ -156,7 +209,16 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 	if up == nil {
 		return nil
 	}
-	s := &udpSession{l: l, client: client, up: up, svc: svc, server: r}
+	raw, err := up.SyscallConn()
+	if err != nil {
+		_ = up.Close()
+		if r != nil {
+			r.active.Add(-1)
+		}
+		st.drop(DropUDPSendFailed)
+		return nil
+	}
+	s := &udpSession{l: l, client: client, up: up, upRaw: raw, svc: svc, server: r}
 	s.last.Store(time.Now().UnixNano())
 
 	l.mu.Lock()
@@ -241,6 +303,11 @@ func (l *udpListener) dialServer(bnd *binding, client netip.AddrPort) (*net.UDPC
 	return nil, nil
 }
 
+// replyBatches are the buffers sessions read replies into. A session takes one only when a
+// reply is there to read and gives it back before it waits again, so an idle session holds no
+// buffer.
+var replyBatches = sync.Pool{New: func() any { return newMsgBatch(8, sessionBuffer) }}
+
 // relayReplies sends the real server's datagrams back to the client from the VIP socket until
 // the session has been idle for the service's UDP idle timeout.
 func (s *udpSession) relayReplies() {
@@ -251,10 +318,9 @@ func (s *udpSession) relayReplies() {
 	}
 	st := s.svc.stats
 	idle := s.svc.cfg.UDPIdleTimeout
-	buf := make([]byte, sessionBuffer)
 	_ = s.up.SetReadDeadline(time.Unix(0, s.last.Load()).Add(idle))
 	for {
-		n, _, flags, _, err := s.up.ReadMsgUDPAddrPort(buf, nil)
+		b, n, err := s.readReplies()
 		switch {
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
@@ -270,17 +336,56 @@ func (s *udpSession) relayReplies() {
 		default:
 			return // closed by abort, or a hard error
 		}
-		if flags&syscall.MSG_TRUNC != 0 {
-			st.drop(DropUDPSendFailed)
-			continue
-		}
 		s.last.Store(time.Now().UnixNano())
-		if _, err := s.l.conn.WriteToUDPAddrPort(buf[:n], s.client); err != nil {
-			st.drop(DropUDPSendFailed)
-			continue
+		k := 0
+		var size uint64
+		for i := range n {
+			if b.truncated(i) {
+				st.drop(DropUDPTooLarge)
+				continue
+			}
+			if k != i {
+				b.bufs[k], b.bufs[i] = b.bufs[i], b.bufs[k]
+				b.iovs[k].Base, b.iovs[i].Base = &b.bufs[k][0], &b.bufs[i][0]
+			}
+			b.lens[k] = b.lens[i]
+			b.setDest(k, s.client)
+			size += uint64(b.lens[k])
+			k++
 		}
-		st.bytesOut.Add(uint64(n))
+		sent, _ := b.send(s.l.raw, k)
+		replyBatches.Put(b)
+		if sent < k {
+			st.dropped[DropUDPSendFailed].Add(uint64(k - sent))
+		}
+		st.bytesOut.Add(size)
 	}
+}
+
+// readReplies waits for the server's datagrams and reads those queued into a pooled batch.
+func (s *udpSession) readReplies() (*msgBatch, int, error) {
+	var b *msgBatch
+	var n int
+	var rerr error
+	err := s.upRaw.Read(func(fd uintptr) bool {
+		b = replyBatches.Get().(*msgBatch)
+		n, rerr = b.recvNow(fd)
+		if rerr == unix.EAGAIN {
+			replyBatches.Put(b)
+			return false
+		}
+		return true
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		if b != nil && rerr != unix.EAGAIN {
+			replyBatches.Put(b)
+		}
+		return nil, 0, err
+	}
+	return b, n, nil
 }
 
 func (s *udpSession) end() {
