@@ -117,7 +117,7 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 	services := make(map[string]*service, len(cfg.VirtualServices))
 	want := map[listenerKey]*binding{}
 	for _, vs := range cfg.VirtualServices {
-		svc := newService(vs, b.services[vs.Name])
+		svc := newService(vs, &cfg.Global, b.services[vs.Name])
 		services[vs.Name] = svc
 		for _, p := range vs.Ports {
 			k := listenerKey{kind: kindTCP, addr: netip.AddrPortFrom(vs.VIP, p.Listen)}

@@ -2,9 +2,11 @@ package lb
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -85,13 +87,16 @@ func TestCloseOnDown(t *testing.T) {
 				t.Fatal(err)
 			}
 			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			if closeOnDown {
+				// The close follows the health change at once, without any traffic.
+				if _, err := r.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("connection to a down server still open with close_on_down: %v", err)
+				}
+				return
+			}
 			_, _ = io.WriteString(c, "ping")
 			buf := make([]byte, 4)
-			_, err = io.ReadFull(r, buf)
-			if closeOnDown && err == nil {
-				t.Fatal("connection to a down server still open with close_on_down")
-			}
-			if !closeOnDown && (err != nil || string(buf) != "ping") {
+			if _, err := io.ReadFull(r, buf); err != nil || string(buf) != "ping" {
 				t.Fatalf("open connection cut by a health change: %q %v", buf, err)
 			}
 		})

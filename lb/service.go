@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -58,10 +59,13 @@ type service struct {
 	stats   *serviceStats
 
 	nextSource atomic.Uint32 // round robin over cfg.SourceAddresses
+	tcpDialer  *net.Dialer
+	udpDialer  *net.Dialer
 }
 
-func newService(vs config.VirtualService, old *service) *service {
+func newService(vs config.VirtualService, g *config.Global, old *service) *service {
 	s := &service{cfg: vs, sched: newScheduler(vs.Scheduler), byKey: make(map[string]*realServer, len(vs.RealServers))}
+	s.tcpDialer, s.udpDialer = dialers(&vs, g)
 	if old != nil {
 		s.stats = old.stats
 	} else {

@@ -109,7 +109,7 @@ var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interv
 // with its active count already taken, or a nil connection when nothing answered.
 func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn, *realServer) {
 	svc, st := bnd.svc, bnd.svc.stats
-	d := svc.dialer(bnd.global, client)
+	local := svc.localAddr(client)
 	var tried []*realServer
 	for {
 		r := svc.pick(client.Addr().Unmap(), tried)
@@ -118,13 +118,9 @@ func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn
 		}
 		r.active.Add(1)
 		r.total.Add(1)
-		addr := netip.AddrPortFrom(r.addr, bnd.port.Target)
-		if r.port != 0 {
-			addr = netip.AddrPortFrom(r.addr, r.port)
-		}
-		c, err := d.Dial("tcp", addr.String())
+		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", local, r.dialAddr(bnd.port))
 		if err == nil {
-			return c.(*net.TCPConn), r
+			return c, r
 		}
 		r.active.Add(-1)
 		b.log.Warn("dial failed", "virtual_service", svc.cfg.Name, "real_server", r.key, "err", err)
@@ -132,9 +128,9 @@ func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn
 	}
 	if svc.cfg.HasSorryServer() {
 		addr := svc.cfg.SorryAddrPort(bnd.port)
-		c, err := d.Dial("tcp", addr.String())
+		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", local, addr)
 		if err == nil {
-			return c.(*net.TCPConn), nil
+			return c, nil
 		}
 		b.log.Warn("dial to sorry server failed", "virtual_service", svc.cfg.Name, "sorry_server", addr.String(), "err", err)
 	}
@@ -153,21 +149,40 @@ func (r *realServer) release(log *slog.Logger, vs string) {
 	}
 }
 
-// dialer builds the dialer for one connection: its timeout, keepalives and source address.
-func (s *service) dialer(g *config.Global, client netip.AddrPort) *net.Dialer {
-	d := &net.Dialer{Timeout: g.DialTimeout, KeepAlive: -1}
-	if s.cfg.TCPKeepalive {
-		d.KeepAliveConfig = keepAlive
+// dialers build the service's dialers once: the timeout and keepalives come from the file,
+// the transparency option from the service; the source address is chosen per connection.
+func dialers(vs *config.VirtualService, g *config.Global) (tcp, udp *net.Dialer) {
+	tcp = &net.Dialer{Timeout: g.DialTimeout, KeepAlive: -1}
+	udp = &net.Dialer{}
+	if vs.TCPKeepalive {
+		tcp.KeepAliveConfig = keepAlive
 	}
+	if vs.Transparent {
+		tcp.Control, udp.Control = transparent, transparent
+	}
+	return tcp, udp
+}
+
+// localAddr is the source address of a connection to a real server: the client's own for a
+// transparent service, the next of the Alternate Source Addresses if the file lists some, and
+// otherwise none, so the kernel uses the box's address on the path to the server.
+func (s *service) localAddr(client netip.AddrPort) netip.AddrPort {
 	switch {
 	case s.cfg.Transparent:
-		d.LocalAddr = &net.TCPAddr{IP: client.Addr().Unmap().AsSlice()}
-		d.Control = transparent
+		return netip.AddrPortFrom(client.Addr().Unmap(), 0)
 	case len(s.cfg.SourceAddresses) > 0:
 		i := s.nextSource.Add(1) % uint32(len(s.cfg.SourceAddresses))
-		d.LocalAddr = &net.TCPAddr{IP: s.cfg.SourceAddresses[i].AsSlice()}
+		return netip.AddrPortFrom(s.cfg.SourceAddresses[i], 0)
 	}
-	return d
+	return netip.AddrPort{}
+}
+
+// dialAddr is where a connection for the virtual-service port p goes on this server.
+func (r *realServer) dialAddr(p config.Port) netip.AddrPort {
+	if r.port != 0 {
+		return netip.AddrPortFrom(r.addr, r.port)
+	}
+	return netip.AddrPortFrom(r.addr, p.Target)
 }
 
 // tcpProxy copies bytes both ways between a client and a real server.

@@ -255,21 +255,9 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 func (l *udpListener) dialServer(bnd *binding, client netip.AddrPort) (*net.UDPConn, *realServer) {
 	svc, st := bnd.svc, bnd.svc.stats
 	var tried []*realServer
+	local := svc.localAddr(client)
 	dial := func(to netip.AddrPort) (*net.UDPConn, error) {
-		var local *net.UDPAddr
-		switch {
-		case svc.cfg.Transparent:
-			d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(client.Addr().Unmap(), 0)), Control: transparent}
-			c, err := d.Dial("udp", to.String())
-			if err != nil {
-				return nil, err
-			}
-			return c.(*net.UDPConn), nil
-		case len(svc.cfg.SourceAddresses) > 0:
-			i := svc.nextSource.Add(1) % uint32(len(svc.cfg.SourceAddresses))
-			local = net.UDPAddrFromAddrPort(netip.AddrPortFrom(svc.cfg.SourceAddresses[i], 0))
-		}
-		return net.DialUDP("udp", local, net.UDPAddrFromAddrPort(to))
+		return svc.udpDialer.DialUDP(context.Background(), "udp", local, to)
 	}
 	for {
 		r := svc.pick(client.Addr().Unmap(), tried)
@@ -278,11 +266,7 @@ func (l *udpListener) dialServer(bnd *binding, client netip.AddrPort) (*net.UDPC
 		}
 		r.active.Add(1)
 		r.total.Add(1)
-		to := netip.AddrPortFrom(r.addr, bnd.port.Target)
-		if r.port != 0 {
-			to = netip.AddrPortFrom(r.addr, r.port)
-		}
-		c, err := dial(to)
+		c, err := dial(r.dialAddr(bnd.port))
 		if err == nil {
 			return c, r
 		}
