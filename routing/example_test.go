@@ -2,6 +2,7 @@ package routing
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -29,7 +30,10 @@ func TestBuildPlanLyncExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The Edge A/V services are transparent: their real servers share the external subnet with
+	// the VIP, behind the same gateway (one arm), so replies arriving on ext0 are marked.
 	want := []string{
+		"ip route add local default dev lo proto 112 metric 1024 table 20099",
 		"ip route add 10.11.0.0/16 dev int0 proto 112 scope link src 10.11.0.5 metric 1024 table 20100",
 		"ip route add default via 10.11.0.1 dev int0 proto 112 metric 1024 table 20100",
 		"ip route add unreachable default proto 112 metric 4294967295 table 20100",
@@ -39,6 +43,7 @@ func TestBuildPlanLyncExample(t *testing.T) {
 		"ip route add 201.44.53.0/24 dev ext0 proto 112 scope link src 201.44.53.5 metric 1024 table 20102",
 		"ip route add default via 201.44.53.1 dev ext0 proto 112 metric 1024 table 20102",
 		"ip route add unreachable default proto 112 metric 4294967295 table 20102",
+		"ip rule add fwmark 0x70/0xff lookup 20099 priority 20099 protocol 112",
 		"ip rule add from 10.11.0.20/32 lookup 20100 priority 20100 protocol 112",
 		"ip rule add from 10.11.0.21/32 lookup 20100 priority 20100 protocol 112",
 		"ip rule add from 10.11.0.30/32 lookup 20100 priority 20100 protocol 112",
@@ -51,6 +56,9 @@ func TestBuildPlanLyncExample(t *testing.T) {
 		"ip rule add from 201.44.53.10/32 lookup 20102 priority 20102 protocol 112",
 		"ip rule add from 201.44.53.11/32 lookup 20102 priority 20102 protocol 112",
 		"ip rule add from 201.44.53.12/32 lookup 20102 priority 20102 protocol 112",
+		"nft add table inet pairlb",
+		"nft add chain inet pairlb prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
+		`nft add rule inet pairlb prerouting iifname "ext0" socket transparent 1 counter meta mark set meta mark and 0xffffff00 or 0x70 comment "pairlb: replies to transparent sockets"`,
 	}
 	if d := cmp.Diff(want, p.Lines()); d != "" {
 		t.Errorf("plan for %s (-want +got):\n%s", name, d)
@@ -63,12 +71,22 @@ func TestBuildPlanLyncExample(t *testing.T) {
 		t.Errorf("gateways (-want +got):\n%s", d)
 	}
 
-	// The box without a leg in the external network: the error names the gateway and a service.
+	// The box without a leg in the external network: the errors name the gateway and a
+	// service, and every real server of the transparent services.
 	_, err = BuildPlan(cfg, links[:2])
 	if err == nil {
 		t.Fatal("no error for a gateway on no connected subnet")
 	}
-	if want := `gateway 201.44.53.1 of virtual service "edge-ext-sip-access" is on no connected subnet of this box`; err.Error() != want {
-		t.Errorf("error = %q, want %q", err, want)
+	wantErr := []string{
+		`gateway 201.44.53.1 of virtual service "edge-ext-sip-access" is on no connected subnet of this box`,
+	}
+	for _, svc := range []string{"edge-ext-av-tcp", "edge-ext-av-stun"} {
+		for _, rs := range []string{"201.44.53.23", "201.44.53.33"} {
+			wantErr = append(wantErr, `virtual service "`+svc+`" is transparent, but its real server `+rs+
+				` is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`)
+		}
+	}
+	if d := cmp.Diff(wantErr, strings.Split(err.Error(), "\n")); d != "" {
+		t.Errorf("errors (-want +got):\n%s", d)
 	}
 }

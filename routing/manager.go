@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ type Manager struct {
 	ns       *netns.NsHandle
 	debounce time.Duration
 	resync   time.Duration
+	onLinks  func([]Link)
 
 	mu     sync.Mutex
 	cfg    *config.Config // last configuration Set successfully planned; nil before
@@ -41,11 +43,18 @@ type Manager struct {
 // Option adjusts a Manager.
 type Option func(*Manager)
 
-// WithNamespace names the network namespace h works in, so that Run watches the same one.
-// Without it Run watches the namespace of the calling thread.
+// WithNamespace names the network namespace h works in, so that Run watches the same one and
+// the nftables table is kept there too. Without it Run and nftables use the namespace of the
+// calling thread.
 func WithNamespace(ns netns.NsHandle) Option {
 	return func(m *Manager) { m.ns = &ns }
 }
+
+// WithLinksHook makes the Manager call f with the snapshot of the links every Set and re-apply
+// planned with, whether or not the plan could be applied; f must not call the Manager. It is how
+// the box's own addresses reach those who need them (SourceFor, for subnet_originating) when
+// links and addresses change.
+func WithLinksHook(f func([]Link)) Option { return func(m *Manager) { m.onLinks = f } }
 
 // WithDebounce sets how long Run gathers link, address and route events before re-applying.
 func WithDebounce(d time.Duration) Option { return func(m *Manager) { m.debounce = d } }
@@ -106,17 +115,40 @@ func (m *Manager) Plan(cfg *config.Config) (Plan, error) {
 	return BuildPlan(cfg, links)
 }
 
-// Diff renders what Set(cfg) would change, as DiffLines does.
+// Diff renders what Set(cfg) would change, as the package's Diff does.
 func (m *Manager) Diff(cfg *config.Config) ([]string, error) {
 	p, err := m.Plan(cfg)
 	if err != nil {
 		return nil, err
 	}
-	rules, routes, err := m.Installed()
+	have, err := m.State()
 	if err != nil {
 		return nil, err
 	}
-	return DiffLines(p, rules, routes), nil
+	return Diff(p, have), nil
+}
+
+// State returns what pairlb has installed as a Plan: its rules and routes (as Installed) and its
+// nftables table (Transparency, nil when there is none). Tables and Addrs are left empty. A
+// table that exists in a shape pairlb does not make (edited by hand) is reported with the single
+// link name "(foreign content)", so that it differs from any plan and a Set replaces it.
+func (m *Manager) State() (Plan, error) {
+	rules, routes, err := m.Installed()
+	if err != nil {
+		return Plan{}, err
+	}
+	c, err := m.nftConn()
+	if err != nil {
+		return Plan{}, err
+	}
+	t, foreign, err := nftState(c)
+	if err != nil {
+		return Plan{}, err
+	}
+	if foreign {
+		t = &Transparency{Links: []string{"(foreign content)"}}
+	}
+	return Plan{Rules: rules, Routes: routes, Transparency: t}, nil
 }
 
 // Set makes the kernel hold the plan for cfg: it adds what is missing, then removes pairlb's
@@ -132,6 +164,7 @@ func (m *Manager) Set(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	m.linksChanged(links)
 	p, err := BuildPlan(cfg, links)
 	if err != nil {
 		return err
@@ -176,7 +209,7 @@ func (m *Manager) Installed() ([]Rule, []Route, error) {
 }
 
 func (m *Manager) installed(links []Link) ([]Rule, []Route, error) {
-	names := map[int]string{}
+	names := map[int]string{loopbackIndex: "lo"}
 	for _, l := range links {
 		names[l.Index] = l.Name
 	}
@@ -189,14 +222,21 @@ func (m *Manager) installed(links []Link) ([]Rule, []Route, error) {
 		}
 		for i := range rs {
 			r := &rs[i]
-			if !ownsRule(r) || r.Src == nil {
+			if !ownsRule(r) {
 				continue
 			}
-			src, ok := prefixOf(r.Src)
+			src, ok := allOf(fam), true
+			if r.Src != nil {
+				src, ok = prefixOf(r.Src)
+			}
 			if !ok {
 				continue
 			}
-			rules = append(rules, Rule{Priority: r.Priority, Table: r.Table, Src: src})
+			rule := Rule{Priority: r.Priority, Table: r.Table, Src: src}
+			if r.Mask != nil && *r.Mask != 0 {
+				rule.Mark, rule.Mask = r.Mark, *r.Mask
+			}
+			rules = append(rules, rule)
 		}
 		rts, err := retryDump("routes", func() ([]netlink.Route, error) {
 			return m.h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
@@ -232,6 +272,8 @@ func fromNetlink(r *netlink.Route, fam int) (Route, bool) {
 	case unix.RTN_UNICAST:
 	case unix.RTN_UNREACHABLE:
 		rt.Type, rt.Link = Unreachable, 0 // IPv6 reports unreachable routes on lo
+	case unix.RTN_LOCAL:
+		rt.Type = Local
 	default:
 		return Route{}, false
 	}
@@ -241,10 +283,8 @@ func fromNetlink(r *netlink.Route, fam int) (Route, bool) {
 			return Route{}, false
 		}
 		rt.Dst = p
-	} else if fam == netlink.FAMILY_V4 {
-		rt.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	} else {
-		rt.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		rt.Dst = allOf(fam)
 	}
 	if a, ok := netip.AddrFromSlice(r.Gw); ok {
 		rt.Gw = a.Unmap()
@@ -331,7 +371,26 @@ func (m *Manager) apply(p Plan, links []Link) error {
 			m.log.Info("added rule", "rule", r.Line())
 		case errors.Is(err, unix.EEXIST):
 		default:
-			errs = append(errs, fmt.Errorf("adding rule from %s to table %d: %w", r.Src.Addr(), r.Table, err))
+			errs = append(errs, fmt.Errorf("adding rule %q: %w", r.Line(), err))
+		}
+	}
+
+	// The nftables table comes after the rule and route it relies on, and goes before them:
+	// a packet is never marked for a table that is not there.
+	if _, err := m.syncNFT(p.Transparency); err != nil {
+		errs = append(errs, err)
+		if p.Transparency == nil {
+			// The marking may still be in place: keep the rule and route it needs.
+			for _, r := range rules {
+				if r.Table == TransparentTable {
+					p.Rules = append(p.Rules, r)
+				}
+			}
+			for _, r := range routes {
+				if r.Table == TransparentTable {
+					p.Routes = append(p.Routes, r)
+				}
+			}
 		}
 	}
 
@@ -356,7 +415,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 			m.log.Info("removed rule", "rule", delLine(r.Line()))
 		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ESRCH):
 		default:
-			errs = append(errs, fmt.Errorf("removing rule from %s to table %d: %w", r.Src.Addr(), r.Table, err))
+			errs = append(errs, fmt.Errorf("removing rule %q: %w", delLine(r.Line()), err))
 		}
 	}
 	wantRoutes := map[routeKey]bool{}
@@ -432,6 +491,14 @@ func (m *Manager) labelledAddrs() (map[Addr]string, error) {
 	return out, nil
 }
 
+// allOf is the prefix that holds every address of a netlink family.
+func allOf(fam int) netip.Prefix {
+	if fam == netlink.FAMILY_V4 {
+		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+}
+
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	a, ok := netip.AddrFromSlice(n.IP)
 	if !ok {
@@ -465,7 +532,13 @@ func toNetlinkRule(r Rule) *netlink.Rule {
 	nr.Family = family(r.Src.Addr())
 	nr.Priority = r.Priority
 	nr.Table = r.Table
-	nr.Src = ipNet(r.Src)
+	if r.Src.Bits() > 0 {
+		nr.Src = ipNet(r.Src)
+	}
+	if r.Mask != 0 {
+		mask := r.Mask
+		nr.Mark, nr.Mask = r.Mark, &mask
+	}
 	nr.Protocol = Protocol
 	return nr
 }
@@ -484,6 +557,8 @@ func toNetlinkRoute(r Route) *netlink.Route {
 	switch {
 	case r.Type == Unreachable:
 		nr.Type = unix.RTN_UNREACHABLE
+	case r.Type == Local:
+		nr.Type, nr.Scope = unix.RTN_LOCAL, netlink.SCOPE_HOST
 	case !r.Gw.IsValid():
 		nr.Scope = netlink.SCOPE_LINK
 	default:
@@ -495,10 +570,19 @@ func toNetlinkRoute(r Route) *netlink.Route {
 	return nr
 }
 
+// infiniteLifetime is the kernel's INFINITY_LIFE_TIME for address lifetimes.
+const infiniteLifetime = 0xffffffff
+
 func toNetlinkAddr(a Addr) *netlink.Addr {
 	na := &netlink.Addr{IPNet: ipNet(a.Prefix)}
 	if a.Prefix.Addr().Is6() {
+		// Usable at once (no DAD), and deprecated: valid for ever but preferred for no time,
+		// so that the kernel never picks the VIP as the source of a connection the box opens
+		// itself (IPv6 source selection would otherwise prefer a /128 VIP sharing more leading
+		// bits with the destination than the box's own address). Listeners bound to the VIP,
+		// and sockets that bind it explicitly, work as before.
 		na.Flags = unix.IFA_F_NODAD
+		na.ValidLft, na.PreferedLft = infiniteLifetime, 0
 	} else {
 		na.Label = addrLabel(a.LinkName)
 	}
@@ -609,7 +693,7 @@ func (m *Manager) watch(ctx context.Context) error {
 			// Only pairlb's tables matter: the plan is built from links and addresses. A
 			// re-apply that finds the kernel matching writes nothing, so pairlb's own changes
 			// do not loop.
-			if u.Table >= TableFirst && u.Table <= TableLast {
+			if ownsTable(u.Table) {
 				arm()
 			}
 		case <-timer.C:
@@ -645,6 +729,12 @@ func drainer[T any](ch <-chan T) func() {
 	}
 }
 
+func (m *Manager) linksChanged(links []Link) {
+	if m.onLinks != nil {
+		m.onLinks(slices.Clone(links))
+	}
+}
+
 // reapply applies the last configuration again; it reports false when that failed.
 func (m *Manager) reapply() bool {
 	m.mu.Lock()
@@ -654,6 +744,7 @@ func (m *Manager) reapply() bool {
 	}
 	links, err := m.Links()
 	if err == nil {
+		m.linksChanged(links)
 		var p Plan
 		if p, err = BuildPlan(m.cfg, links); err == nil {
 			err = m.apply(p, links)

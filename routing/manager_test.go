@@ -102,8 +102,7 @@ func newLab(t *testing.T) *lab {
 }
 
 // firewall installs the router's stateful filter: drop ct state invalid, and count forwarded
-// replies from each VIP. (It uses the nft CLI: importing github.com/google/nftables needs a
-// go.sum entry for golang.org/x/sync v0.24.0 the module does not have yet.)
+// replies from each VIP. (It uses the nft CLI, independent of the code under test.)
 func (l *lab) firewall(t *testing.T) {
 	t.Helper()
 	ruleset := fmt.Sprintf(`table inet plbtest {
@@ -487,7 +486,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 
 	// A crashed instance: its objects stay, plus a stale rule and address from an older
 	// configuration it never removed.
-	crashed := New(h, testLogger(t))
+	crashed := New(h, testLogger(t), WithNamespace(l.box.NsHandle()))
 	old := labConfig(true)
 	old.VirtualServices = append(old.VirtualServices, config.VirtualService{Name: "retired", VIP: netip.MustParseAddr("198.18.1.200"), DefaultGateway: gw4})
 	if err := crashed.Set(old); err != nil {
@@ -510,7 +509,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 	crashedState := kernelState(t, h)
 
 	// A new instance on top, without Cleanup: Set alone converges, no duplicates.
-	m := New(h, testLogger(t))
+	m := New(h, testLogger(t), WithNamespace(l.box.NsHandle()))
 	if err := m.Set(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -564,7 +563,7 @@ func TestWithoutUseDefaultRouteOnly(t *testing.T) {
 	l := newLab(t)
 	h := l.box.Handle()
 	l.echo(t)
-	m := New(h, testLogger(t))
+	m := New(h, testLogger(t), WithNamespace(l.box.NsHandle()))
 	t.Cleanup(func() {
 		if err := m.Close(); err != nil {
 			t.Error(err)

@@ -31,13 +31,22 @@ type RouteType uint8
 const (
 	Unicast RouteType = iota
 	Unreachable
+	// Local delivers to the box itself (`local default dev lo`): the transparency table.
+	Local
 )
 
-// Rule is one policy-routing rule: traffic from Src looks up Table.
+// loopbackIndex is the interface index of lo in every network namespace (the kernel's
+// LOOPBACK_IFINDEX).
+const loopbackIndex = 1
+
+// Rule is one policy-routing rule: traffic from Src (with the packet mark Mark under Mask, when
+// Mask is not 0) looks up Table.
 type Rule struct {
 	Priority int
 	Table    int
-	Src      netip.Prefix // the VIP as /32 or /128
+	Src      netip.Prefix // the VIP as /32 or /128; "from all" (0.0.0.0/0, ::/0) for a mark rule
+	Mark     uint32
+	Mask     uint32 // 0: the rule does not match the mark
 }
 
 // Route is one route in a pairlb table. A unicast route without a gateway is a connected route
@@ -60,6 +69,17 @@ type Addr struct {
 	Prefix   netip.Prefix // /32 or /128
 }
 
+// Transparency is the nftables part of the state that brings the replies of transparent virtual
+// services back to pairlb (see the package comment). The rule and route it needs are in the
+// plan's Rules and Routes.
+type Transparency struct {
+	// Links are the names of the interfaces facing the transparent services' real servers,
+	// sorted: replies are marked only when they arrive there.
+	Links []string
+	// Services are the transparent virtual services, for display.
+	Services []string
+}
+
 // Table is one per-gateway table of a plan, for display.
 type Table struct {
 	ID       int
@@ -76,6 +96,8 @@ type Plan struct {
 	Rules  []Rule
 	Routes []Route // in the order they are added: connected, default, unreachable per table
 	Addrs  []Addr
+	// Transparency is nil when no virtual service is transparent.
+	Transparency *Transparency
 }
 
 // BuildPlan computes the kernel state for cfg on a box with the given links. It is pure: the
@@ -193,6 +215,23 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 		p.Routes = append(p.Routes, routes...)
 	}
 
+	if tp, v4, v6, terrs := planTransparency(cfg, links, vips); len(terrs) > 0 {
+		errs = append(errs, terrs...)
+	} else if tp != nil {
+		p.Transparency = tp
+		for _, fam := range []struct {
+			on  bool
+			all netip.Prefix
+		}{{v4, netip.PrefixFrom(netip.IPv4Unspecified(), 0)}, {v6, netip.PrefixFrom(netip.IPv6Unspecified(), 0)}} {
+			if !fam.on {
+				continue
+			}
+			p.Rules = append(p.Rules, Rule{Priority: TransparentPriority, Table: TransparentTable, Src: fam.all, Mark: Mark, Mask: MarkMask})
+			p.Routes = append(p.Routes, Route{Table: TransparentTable, Type: Local, Dst: fam.all, Link: loopbackIndex, LinkName: "lo", Metric: RouteMetric})
+		}
+		sortRoutes(p.Routes)
+	}
+
 	for _, vip := range vipOrder {
 		id, ok := tableOf[vipGW[vip].gw]
 		if !ok {
@@ -229,6 +268,100 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 		return Plan{}, errors.Join(errs...)
 	}
 	return p, nil
+}
+
+// planTransparency checks the transparent services and returns the nftables part of their
+// state and the address families that need the rule and route; nil when no service is
+// transparent.
+//
+// A transparent service connects to its real servers from the client's address, so the real
+// servers must send their replies to the client through the box. That can only work when every
+// real server (and the sorry server) of the service:
+//   - is of the VIP's address family (the connection leaves from the client's address);
+//   - is on a subnet the box is directly connected to, or it could not use the box as its
+//     gateway;
+//   - is not on a subnet where clients reach the VIP directly: not on the VIP's own subnet
+//     unless the service's default gateway is there too (then clients come through that
+//     gateway, a "one-arm" setup in which the real servers' default gateway must be the box),
+//     and not on any subnet the service's access list allows clients from: a real server
+//     answers a client on its own subnet directly, and the client drops the reply.
+func planTransparency(cfg *config.Config, links []Link, vips map[netip.Addr]bool) (tp *Transparency, v4, v6 bool, errs []error) {
+	ifaces := map[string]bool{}
+	var services []string
+	for _, vs := range cfg.VirtualServices {
+		vip := vs.VIP.Unmap()
+		if !vs.Transparent || !vip.IsValid() {
+			continue
+		}
+		services = append(services, vs.Name)
+		if vip.Is4() {
+			v4 = true
+		} else {
+			v6 = true
+		}
+		type target struct {
+			what string
+			addr netip.Addr
+		}
+		var targets []target
+		for _, rs := range vs.RealServers {
+			targets = append(targets, target{"real server " + rs.Key(), rs.Address.Unmap()})
+		}
+		if vs.HasSorryServer() {
+			targets = append(targets, target{"sorry server " + vs.SorryServer.Addr().String(), vs.SorryServer.Addr().Unmap()})
+		}
+		gw := vs.DefaultGateway.Unmap()
+		for _, t := range targets {
+			fail := func(format string, args ...any) {
+				errs = append(errs, fmt.Errorf("virtual service %q is transparent, but its %s "+format, append([]any{vs.Name, t.what}, args...)...))
+			}
+			if t.addr.Is4() != vip.Is4() {
+				fail("is not of the VIP's address family: connections to it leave from the client's address")
+				continue
+			}
+			link, own, ok := connectedOn(links, t.addr, vips)
+			if !ok {
+				fail("is on no subnet this box is directly connected to: it could not route its replies to clients back through the box")
+				continue
+			}
+			subnet := own.Masked()
+			if subnet.Contains(vip) && !(gw.IsValid() && subnet.Contains(gw)) {
+				fail("is on the VIP's subnet %s: clients there would get its replies directly, not through the box", subnet)
+				continue
+			}
+			if i := slices.IndexFunc(vs.Access.Allow, subnet.Overlaps); i >= 0 {
+				fail("is on %s, where the service allows clients (%s): it would answer them directly, not through the box", subnet, vs.Access.Allow[i])
+				continue
+			}
+			ifaces[link.Name] = true
+		}
+	}
+	if len(services) == 0 || len(errs) > 0 {
+		return nil, false, false, errs
+	}
+	tp = &Transparency{Services: services}
+	for name := range ifaces {
+		tp.Links = append(tp.Links, name)
+	}
+	slices.Sort(tp.Links)
+	return tp, v4, v6, nil
+}
+
+// SourceFor returns the box's own address on the directly connected subnet that holds dst: the
+// source the appliance's "Subnet Originating Requests" uses for connections to a real server.
+// It is false when dst is on no connected subnet of the box. The VIPs of cfg and host prefixes
+// are never returned, even when keepalived added a VIP with the subnet's prefix.
+func SourceFor(cfg *config.Config, links []Link, dst netip.Addr) (netip.Addr, bool) {
+	vips := map[netip.Addr]bool{}
+	if cfg != nil {
+		for _, vs := range cfg.VirtualServices {
+			vips[vs.VIP.Unmap()] = true
+		}
+	}
+	links = slices.Clone(links)
+	slices.SortFunc(links, func(a, b Link) int { return cmp.Compare(a.Index, b.Index) })
+	_, own, ok := connectedOn(links, dst.Unmap(), vips)
+	return own.Addr(), ok
 }
 
 // connected reports whether a is one of the box's own addresses with a connected subnet: not
@@ -319,8 +452,8 @@ func (r Route) key() routeKey {
 
 func (a Addr) key() Addr { return Addr{Link: a.Link, Prefix: a.Prefix} }
 
-// Lines renders the plan as equivalent iproute2 commands, addresses first, then routes, then
-// rules: the order a Manager adds them in.
+// Lines renders the plan as equivalent iproute2 and nft commands, addresses first, then routes,
+// then rules, then the nftables table: the order a Manager adds them in.
 func (p Plan) Lines() []string {
 	var out []string
 	for _, a := range p.Addrs {
@@ -331,6 +464,9 @@ func (p Plan) Lines() []string {
 	}
 	for _, r := range p.Rules {
 		out = append(out, r.Line())
+	}
+	if p.Transparency != nil {
+		out = append(out, p.Transparency.Lines()...)
 	}
 	return out
 }
@@ -344,8 +480,34 @@ func ipCmd(v6 bool) string {
 
 // Line renders the rule as an `ip rule add` command.
 func (r Rule) Line() string {
-	return fmt.Sprintf("%s rule add from %s lookup %d priority %d protocol %d",
-		ipCmd(r.Src.Addr().Is6()), r.Src, r.Table, r.Priority, Protocol)
+	sel := "from " + r.Src.String()
+	if r.Mask != 0 {
+		mark := fmt.Sprintf("fwmark %#x/%#x", r.Mark, r.Mask)
+		if r.Src.Bits() == 0 {
+			sel = mark
+		} else {
+			sel += " " + mark
+		}
+	}
+	return fmt.Sprintf("%s rule add %s lookup %d priority %d protocol %d",
+		ipCmd(r.Src.Addr().Is6()), sel, r.Table, r.Priority, Protocol)
+}
+
+// nftComment marks each of pairlb's nftables rules; a rule without it makes the chain foreign
+// and the Manager replaces the table.
+const nftComment = "pairlb: replies to transparent sockets"
+
+// Lines renders the nftables state as nft commands.
+func (t *Transparency) Lines() []string {
+	out := []string{
+		"nft add table inet " + NFTable,
+		fmt.Sprintf("nft add chain inet %s %s '{ type filter hook prerouting priority mangle; policy accept; }'", NFTable, NFChain),
+	}
+	for _, l := range t.Links {
+		out = append(out, fmt.Sprintf("nft add rule inet %s %s iifname %q socket transparent 1 counter meta mark set meta mark and %#08x or %#x comment %q",
+			NFTable, NFChain, l, ^uint32(MarkMask), Mark, nftComment))
+	}
+	return out
 }
 
 // Line renders the route as an `ip route add` command.
@@ -353,8 +515,11 @@ func (r Route) Line() string {
 	var b strings.Builder
 	b.WriteString(ipCmd(r.Dst.Addr().Is6()))
 	b.WriteString(" route add ")
-	if r.Type == Unreachable {
+	switch r.Type {
+	case Unreachable:
 		b.WriteString("unreachable ")
+	case Local:
+		b.WriteString("local ")
 	}
 	if r.Dst.Bits() == 0 {
 		b.WriteString("default")
@@ -446,6 +611,25 @@ func DiffLines(want Plan, rules []Rule, routes []Route) []string {
 	for _, r := range rules {
 		if !wantRules[r] {
 			out = append(out, "- "+delLine(r.Line()))
+		}
+	}
+	return out
+}
+
+// Diff compares a plan with the installed state (Manager.State) and renders the difference as
+// DiffLines does, nftables included. It is empty when the kernel matches the plan.
+func Diff(want, have Plan) []string {
+	out := DiffLines(want, have.Rules, have.Routes)
+	w, h := want.Transparency, have.Transparency
+	if w != nil && h != nil && slices.Equal(w.Links, h.Links) {
+		return out
+	}
+	if h != nil {
+		out = append(out, "- nft delete table inet "+NFTable)
+	}
+	if w != nil {
+		for _, l := range w.Lines() {
+			out = append(out, "+ "+l)
 		}
 	}
 	return out

@@ -261,3 +261,124 @@ func TestDiffLines(t *testing.T) {
 		t.Errorf("diff (-want +got):\n%s", d)
 	}
 }
+
+// transparentVS is a transparent service on vip with the given real servers.
+func transparentVS(name, vip, gw string, servers ...string) config.VirtualService {
+	v := vs(name, vip, gw)
+	v.Transparent = true
+	for _, s := range servers {
+		v.RealServers = append(v.RealServers, config.RealServer{Address: addr(s), Weight: 1, Enabled: true})
+	}
+	return v
+}
+
+// Two-arm transparency: clients on the DMZ side, real servers on the internal network.
+func TestBuildPlanTransparency(t *testing.T) {
+	cfg := &config.Config{Global: config.Global{UseDefaultRouteOnly: true}, VirtualServices: []config.VirtualService{
+		transparentVS("av", "192.168.100.50", "", "10.11.0.21", "10.11.0.22"),
+		transparentVS("av6", "2001:db8:53::50", "2001:db8:53::1", "2001:db8:11::21"),
+		vs("web", "192.168.100.60", ""),
+	}}
+	links := lyncLinks()
+	links[0].Addrs = append(links[0].Addrs, pfx("2001:db8:11::10/64"))
+	p, err := BuildPlan(cfg, links)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"ip route add local default dev lo proto 112 metric 1024 table 20099",
+		"ip -6 route add local default dev lo proto 112 metric 1024 table 20099",
+		"ip -6 route add 2001:db8:53::/64 dev ext0 proto 112 scope link src 2001:db8:53::10 metric 1024 table 20100",
+		"ip -6 route add default via 2001:db8:53::1 dev ext0 proto 112 metric 1024 table 20100",
+		"ip -6 route add unreachable default proto 112 metric 4294967295 table 20100",
+		"ip rule add fwmark 0x70/0xff lookup 20099 priority 20099 protocol 112",
+		"ip -6 rule add fwmark 0x70/0xff lookup 20099 priority 20099 protocol 112",
+		"ip -6 rule add from 2001:db8:53::50/128 lookup 20100 priority 20100 protocol 112",
+		"nft add table inet pairlb",
+		"nft add chain inet pairlb prerouting '{ type filter hook prerouting priority mangle; policy accept; }'",
+		`nft add rule inet pairlb prerouting iifname "int0" socket transparent 1 counter meta mark set meta mark and 0xffffff00 or 0x70 comment "pairlb: replies to transparent sockets"`,
+	}
+	if d := cmp.Diff(want, p.Lines()); d != "" {
+		t.Errorf("lines (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(&Transparency{Links: []string{"int0"}, Services: []string{"av", "av6"}}, p.Transparency); d != "" {
+		t.Errorf("transparency (-want +got):\n%s", d)
+	}
+	if d := Diff(p, p); len(d) != 0 {
+		t.Errorf("Diff of a plan against itself = %q", d)
+	}
+	if got := Diff(p, Plan{Rules: p.Rules, Routes: p.Routes}); len(got) != 3 || got[0] != "+ nft add table inet pairlb" {
+		t.Errorf("Diff without the nftables table = %q", got)
+	}
+	other := &Transparency{Links: []string{"dmz0"}}
+	if got := Diff(p, Plan{Rules: p.Rules, Routes: p.Routes, Transparency: other}); len(got) != 4 || got[0] != "- nft delete table inet pairlb" {
+		t.Errorf("Diff with another nftables table = %q", got)
+	}
+	if got := Diff(Plan{}, Plan{Transparency: other}); !cmp.Equal(got, []string{"- nft delete table inet pairlb"}) {
+		t.Errorf("Diff of a stale nftables table = %q", got)
+	}
+
+	// A one-arm service: real servers on the VIP's subnet, clients beyond the VIP's gateway.
+	oneArm := &config.Config{VirtualServices: []config.VirtualService{
+		transparentVS("edge-av", "201.44.53.12", "201.44.53.1", "201.44.53.23"),
+	}}
+	p, err = BuildPlan(oneArm, lyncLinks())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Transparency == nil || !cmp.Equal(p.Transparency.Links, []string{"ext0"}) {
+		t.Errorf("one-arm transparency = %+v, want replies marked on ext0", p.Transparency)
+	}
+}
+
+func TestBuildPlanTransparencyErrors(t *testing.T) {
+	withAllow := transparentVS("allow", "192.168.100.50", "", "10.11.0.21")
+	withAllow.Access.Allow = []netip.Prefix{pfx("10.0.0.0/8")}
+	withSorry := transparentVS("sorry", "192.168.100.50", "", "10.11.0.21")
+	withSorry.SorryServer = netip.MustParseAddrPort("198.51.100.9:80")
+	tests := []struct {
+		name string
+		vs   config.VirtualService
+		want string
+	}{
+		{"server on no connected subnet", transparentVS("far", "192.168.100.50", "", "10.12.0.21"),
+			`virtual service "far" is transparent, but its real server 10.12.0.21 is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`},
+		{"server on the VIP's subnet", transparentVS("same", "10.11.0.50", "", "10.11.0.21"),
+			`virtual service "same" is transparent, but its real server 10.11.0.21 is on the VIP's subnet 10.11.0.0/24: clients there would get its replies directly, not through the box`},
+		{"server where clients are allowed", withAllow,
+			`virtual service "allow" is transparent, but its real server 10.11.0.21 is on 10.11.0.0/24, where the service allows clients (10.0.0.0/8): it would answer them directly, not through the box`},
+		{"server of the other family", transparentVS("fam", "192.168.100.50", "", "2001:db8:53::21"),
+			`virtual service "fam" is transparent, but its real server 2001:db8:53::21 is not of the VIP's address family: connections to it leave from the client's address`},
+		{"sorry server far away", withSorry,
+			`virtual service "sorry" is transparent, but its sorry server 198.51.100.9 is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := BuildPlan(&config.Config{VirtualServices: []config.VirtualService{tt.vs}}, lyncLinks())
+			if err == nil || err.Error() != tt.want {
+				t.Errorf("error = %v\nwant    %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSourceFor(t *testing.T) {
+	links := lyncLinks()
+	// keepalived's VIP with the subnet's prefix, listed before the box's own address.
+	links[1].Addrs = append([]netip.Prefix{pfx("192.168.100.50/24")}, links[1].Addrs...)
+	cfg := lyncConfig(true)
+	for _, c := range []struct {
+		dst, want string
+		ok        bool
+	}{
+		{"10.11.0.99", "10.11.0.10", true},
+		{"192.168.100.99", "192.168.100.10", true},
+		{"2001:db8:53::99", "2001:db8:53::10", true},
+		{"198.51.100.1", "invalid IP", false},
+	} {
+		got, ok := SourceFor(cfg, links, addr(c.dst))
+		if ok != c.ok || got.String() != c.want {
+			t.Errorf("SourceFor(%s) = %v, %v; want %s, %v", c.dst, got, ok, c.want, c.ok)
+		}
+	}
+}
