@@ -272,9 +272,13 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	b.mu.Lock()
 	b.stopping = true
 	for _, l := range b.listeners {
+		if u, ok := l.(*udpListener); ok {
+			u.stopping()
+		}
 		l.retire()
 	}
 	for _, u := range b.retiring {
+		u.stopping()
 		u.retire()
 	}
 	b.mu.Unlock()

@@ -365,3 +365,23 @@ func TestDrainTimeoutClosesConnections(t *testing.T) {
 		t.Fatalf("connection not closed at the drain deadline: %v", err)
 	}
 }
+
+// TestStopEndsQuietUDPSessions: a UDP session has no end of its own; a stop must not wait the
+// whole drain timeout for sessions whose exchange is over, while a session still in use may
+// go on until it too goes quiet.
+func TestStopEndsQuietUDPSessions(t *testing.T) {
+	e := startUDPEcho(t, "u")
+	vs := udpService(t, "stun", e.addr())
+	vs.UDPIdleTimeout = time.Minute
+	cfg := testConfig(vs)
+	cfg.Global.DrainTimeout = 20 * time.Second
+	_, stop := startBalancer(t, cfg)
+	if got := udpAsk(t, dialUDP(t, vipAddr(vs, 0)), "x"); got != "u:x" {
+		t.Fatalf("udp: %q", got)
+	}
+	start := time.Now()
+	stop()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("stop took %v with one quiet UDP session (drain timeout 20s)", d)
+	}
+}

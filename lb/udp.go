@@ -30,6 +30,25 @@ type udpListener struct {
 	sessions map[netip.AddrPort]*udpSession
 	retired  bool // no new sessions; close the socket when the last one ends
 	closed   bool
+
+	// stopIdle, when set (nanoseconds), is the idle time that ends a session while the box
+	// stops: a UDP session has no end of its own, so a stop would otherwise wait the whole
+	// drain timeout for sessions whose exchange is long over.
+	stopIdle atomic.Int64
+}
+
+// stopIdleTimeout ends sessions quiet this long once a stop has begun.
+const stopIdleTimeout = time.Second
+
+// stopping shortens the idle timeout of the sessions for a stop and wakes every session so
+// that those already quiet end now.
+func (l *udpListener) stopping() {
+	l.stopIdle.Store(int64(stopIdleTimeout))
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, s := range l.sessions {
+		_ = s.up.SetReadDeadline(time.Now())
+	}
 }
 
 type udpSession struct {
@@ -301,15 +320,20 @@ func (s *udpSession) relayReplies() {
 		defer stop()
 	}
 	st := s.svc.stats
-	idle := s.svc.cfg.UDPIdleTimeout
-	_ = s.up.SetReadDeadline(time.Unix(0, s.last.Load()).Add(idle))
+	idleTimeout := func() time.Duration {
+		if d := time.Duration(s.l.stopIdle.Load()); d > 0 {
+			return min(d, s.svc.cfg.UDPIdleTimeout)
+		}
+		return s.svc.cfg.UDPIdleTimeout
+	}
+	_ = s.up.SetReadDeadline(time.Unix(0, s.last.Load()).Add(idleTimeout()))
 	for {
 		b, n, err := s.readReplies()
 		switch {
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The deadline is moved only when it fires, not on every datagram.
-			last := time.Unix(0, s.last.Load())
+			last, idle := time.Unix(0, s.last.Load()), idleTimeout()
 			if time.Since(last) >= idle {
 				return
 			}
