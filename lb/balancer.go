@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pairlb/pairlb/config"
@@ -37,6 +38,9 @@ type Balancer struct {
 	connWG      sync.WaitGroup
 	tcpAcceptWG sync.WaitGroup
 	acceptWG    sync.WaitGroup
+
+	// source finds the box's own address on a real server's subnet (subnet_originating).
+	source atomic.Pointer[SourceFunc]
 
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
@@ -329,6 +333,28 @@ func (b *Balancer) server(vs, key string) (*service, *realServer, error) {
 		return nil, nil, fmt.Errorf("real server %q of virtual service %q: %w", key, vs, ErrNotFound)
 	}
 	return s, r, nil
+}
+
+// SourceFunc returns the box's own address on the directly connected subnet holding dst, and
+// false when dst is on none.
+type SourceFunc func(dst netip.Addr) (netip.Addr, bool)
+
+// SetSourceFunc tells the balancer how to find the source address of services with
+// subnet_originating. Without one, or when it finds none, the kernel chooses as for any
+// connection.
+func (b *Balancer) SetSourceFunc(f SourceFunc) { b.source.Store(&f) }
+
+// sourceFor is the local address a connection of svc to dst leaves from.
+func (b *Balancer) sourceFor(svc *service, client netip.AddrPort, dst netip.Addr) netip.AddrPort {
+	if svc.cfg.SubnetOriginating {
+		if f := b.source.Load(); f != nil {
+			if a, ok := (*f)(dst); ok {
+				return netip.AddrPortFrom(a, 0)
+			}
+		}
+		return netip.AddrPort{}
+	}
+	return svc.localAddr(client)
 }
 
 // ErrNotFound is returned for a virtual service or real server the configuration lacks.

@@ -541,3 +541,37 @@ func TestIdleConnectionsHoldNoPipes(t *testing.T) {
 		t.Fatalf("%d idle connections hold %d pipes", conns, held)
 	}
 }
+
+func TestSubnetOriginatingSource(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "so", be.addr())
+	vs.SubnetOriginating = true
+	bal, _ := startBalancer(t, testConfig(vs))
+	own := netip.MustParseAddr("127.0.0.77")
+	bal.SetSourceFunc(func(dst netip.Addr) (netip.Addr, bool) { return own, dst == loopback })
+	exchange(t, vipAddr(vs, 0), "x")
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	if len(be.seen) != 1 || be.seen[0] != own {
+		t.Fatalf("the real server saw %v, want the box's address on its subnet %s", be.seen, own)
+	}
+}
+
+func TestSourceAddressesSpreadConnections(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "alt", be.addr())
+	vs.SourceAddresses = []netip.Addr{netip.MustParseAddr("127.0.0.81"), netip.MustParseAddr("127.0.0.82")}
+	startBalancer(t, testConfig(vs))
+	for range 4 {
+		exchange(t, vipAddr(vs, 0), "x")
+	}
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	n := map[netip.Addr]int{}
+	for _, a := range be.seen {
+		n[a]++
+	}
+	if n[vs.SourceAddresses[0]] != 2 || n[vs.SourceAddresses[1]] != 2 {
+		t.Fatalf("sources seen by the real server: %v, want two connections from each alternate address", n)
+	}
+}

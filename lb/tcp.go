@@ -109,7 +109,6 @@ var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interv
 // with its active count already taken, or a nil connection when nothing answered.
 func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn, *realServer) {
 	svc, st := bnd.svc, bnd.svc.stats
-	local := svc.localAddr(client)
 	var tried []*realServer
 	for {
 		r := svc.pick(client.Addr().Unmap(), tried)
@@ -118,7 +117,8 @@ func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn
 		}
 		r.active.Add(1)
 		r.total.Add(1)
-		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", local, r.dialAddr(bnd.port))
+		to := r.dialAddr(bnd.port)
+		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", b.sourceFor(svc, client, to.Addr()), to)
 		if err == nil {
 			return c, r
 		}
@@ -128,7 +128,7 @@ func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn
 	}
 	if svc.cfg.HasSorryServer() {
 		addr := svc.cfg.SorryAddrPort(bnd.port)
-		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", local, addr)
+		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", b.sourceFor(svc, client, addr.Addr()), addr)
 		if err == nil {
 			return c, nil
 		}

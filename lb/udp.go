@@ -274,9 +274,8 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 func (l *udpListener) dialServer(bnd *binding, client netip.AddrPort) (*net.UDPConn, *realServer) {
 	svc, st := bnd.svc, bnd.svc.stats
 	var tried []*realServer
-	local := svc.localAddr(client)
 	dial := func(to netip.AddrPort) (*net.UDPConn, error) {
-		return svc.udpDialer.DialUDP(context.Background(), "udp", local, to)
+		return svc.udpDialer.DialUDP(context.Background(), "udp", l.b.sourceFor(svc, client, to.Addr()), to)
 	}
 	for {
 		r := svc.pick(client.Addr().Unmap(), tried)
