@@ -41,6 +41,7 @@ type Config struct {
 
 	Global          Global
 	VirtualServices []VirtualService
+	Pair            *Pair // nil when the file has no pair section (a single box)
 }
 
 // Global holds settings for the whole box.

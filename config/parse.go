@@ -29,7 +29,7 @@ const (
 )
 
 var (
-	topKeys    = []string{"global", "virtual_services"}
+	topKeys    = []string{"global", "virtual_services", "pair"}
 	globalKeys = []string{"use_default_route_only", "manage_addresses", "admin", "admin_token_file",
 		"idle_timeout", "drain_timeout", "dial_timeout", "tcp_keepalive", "reset_on_close"}
 	serviceKeys = []string{"name", "vip", "ports", "default_gateway", "scheduler", "persistence",
@@ -145,6 +145,9 @@ func (p *parser) config(root *yaml.Node, cfg *Config) {
 		where = append(where, at)
 	}
 	p.across(cfg, where)
+	if n := f.vals["pair"]; n != nil {
+		cfg.Pair = p.pair(n, f, cfg, where)
+	}
 }
 
 func (p *parser) global(f fields) Global {

@@ -1,0 +1,202 @@
+package config
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/pairlb/pairlb/internal/netns"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
+
+// lyncPair is the Lync example with its VRRP secret read from testdata.
+func lyncPair(t *testing.T) *Config {
+	t.Helper()
+	cfg := loadExample(t, "lync2013-single-pair.yaml")
+	cfg.Pair.AuthSecretFile = "testdata/vrrp.secret"
+	return cfg
+}
+
+func TestRenderKeepalivedGolden(t *testing.T) {
+	cfg := lyncPair(t)
+	for _, node := range []string{"lb1", "lb2"} {
+		got, err := RenderKeepalived(cfg, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		golden := filepath.Join("testdata", "keepalived-lync2013-"+node+".conf.golden")
+		if *update {
+			if err := os.WriteFile(golden, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatalf("%v (run go test ./config -run Golden -update to create it)", err)
+		}
+		if diff := cmp.Diff(string(want), string(got)); diff != "" {
+			t.Errorf("%s (-want +got; -update rewrites it):\n%s", golden, diff)
+		}
+	}
+}
+
+func TestRenderKeepalivedVariants(t *testing.T) {
+	src := pairFile(validPair + "  vrrp_version: 3\n  advert_interval: 200ms\n  preempt: true\n  preempt_delay: 1500ms\n")
+	cfg, err := Parse("v3.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := RenderKeepalivedWith(cfg, "lb2", KeepalivedOptions{Binary: "/opt/pairlb/bin/pairlb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	for _, want := range []string{
+		"vrrp_version 3\n",
+		"advert_int 0.2\n",
+		"preempt_delay 1.5\n",
+		"priority 100\n",
+		"unicast_src_ip 203.0.113.3\n",
+		"unicast_peer {\n        203.0.113.2\n    }",
+		"198.51.100.10/32 dev eth1\n",
+		"203.0.113.10/32 dev eth2\n        203.0.113.11/32 dev eth2\n",
+		`script "/opt/pairlb/bin/pairlb keepalived check -admin 127.0.0.1:9090"`,
+		"vrrp_sync_group pairlb {",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q:\n%s", want, s)
+		}
+	}
+	for _, not := range []string{"nopreempt", "authentication"} {
+		if strings.Contains(s, not) {
+			t.Errorf("output has %q", not)
+		}
+	}
+
+	// One network: no sync group (keepalived drops a group of one), the instance notifies.
+	one := strings.Replace(validPair, "    - {name: outside, interface: eth2, prefix: 203.0.113.0/24, vrid: 52}\n", "", 1)
+	one = strings.NewReplacer(", outside: 203.0.113.2", "", ", outside: 203.0.113.3", "").Replace(one)
+	src = `global: {admin: "0.0.0.0:9191", admin_token_file: /etc/pairlb/token}
+virtual_services:
+  - {name: in, vip: 198.51.100.10, ports: ["443/tcp"], real_servers: [{address: 198.18.2.11}]}
+pair:
+` + one
+	cfg, err = Parse("one.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = RenderKeepalived(cfg, "lb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = string(out)
+	if strings.Contains(s, "vrrp_sync_group") || !strings.Contains(s, "    notify \"/usr/local/bin/pairlb keepalived notify -admin 127.0.0.1:9191 -token-file /etc/pairlb/token\"\n}") {
+		t.Errorf("single network:\n%s", s)
+	}
+
+	for _, tc := range []struct {
+		name, node string
+		opt        KeepalivedOptions
+		secret     string
+		msg        string
+	}{
+		{"unknown node", "lb3", KeepalivedOptions{}, "", `no node "lb3" in the pair (want one of lb1, lb2)`},
+		{"relative binary", "lb1", KeepalivedOptions{Binary: "pairlb"}, "", "want an absolute path"},
+		{"long secret", "lb1", KeepalivedOptions{}, "123456789\n", "want 1-8 characters"},
+		{"empty secret", "lb1", KeepalivedOptions{}, "\n", "want 1-8 characters"},
+		{"secret with a quote", "lb1", KeepalivedOptions{}, "ab\"c\n", "other than quotes"},
+	} {
+		c := *cfg
+		pr := *cfg.Pair
+		c.Pair = &pr
+		if tc.secret != "" {
+			pr.AuthSecretFile = filepath.Join(t.TempDir(), "secret")
+			if err := os.WriteFile(pr.AuthSecretFile, []byte(tc.secret), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := RenderKeepalivedWith(&c, tc.node, tc.opt); err == nil || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.msg)
+		}
+	}
+	if _, err := RenderKeepalived(loadExample(t, "loopback.yaml"), "lb1"); err == nil || !strings.Contains(err.Error(), "no pair section") {
+		t.Errorf("loopback example: error %v, want no pair section", err)
+	}
+}
+
+// TestRenderKeepalivedAccepted runs keepalived's own check (-t) on the rendered files, inside a
+// namespace holding the interfaces they name. keepalived -t needs the interfaces and the
+// script to exist: the script is a root-owned stand-in, since only its path is checked.
+func TestRenderKeepalivedAccepted(t *testing.T) {
+	keepalived, err := exec.LookPath("keepalived")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("keepalived is not installed and CI=true forbids skipping this test")
+		}
+		t.Skip("keepalived is not installed")
+	}
+	netns.RequireRoot(t)
+	lab := netns.New()
+	t.Cleanup(func() {
+		if err := lab.Cleanup(); err != nil {
+			t.Error(err)
+		}
+	})
+	ns, err := lab.Namespace("ka")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := lab.Namespace("kapeer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := lyncPair(t)
+	for i, nw := range cfg.Pair.Networks {
+		if err := lab.Veth(ns, nw.Interface, peer, "p"+string(rune('0'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "pairlb")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range cfg.Pair.NodeNames() {
+		out, err := RenderKeepalivedWith(cfg, node, KeepalivedOptions{Binary: bin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf := filepath.Join(dir, node+".conf")
+		if err := os.WriteFile(conf, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		msgs, err := ns.Run(ctx, keepalived, "-t", "-f", conf)
+		cancel()
+		if err != nil {
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) {
+				t.Fatal(err)
+			}
+			t.Errorf("keepalived -t rejects %s: %v", node, err)
+		}
+		// keepalived -t exits 0 on some problems it only reports (a script it cannot run).
+		for _, bad := range []string{"WARNING", "Disabling", "SECURITY", "missing", "ignoring", "rror", "nknown"} {
+			if bytes.Contains(msgs, []byte(bad)) {
+				t.Errorf("keepalived -t on %s reports %q:\n%s", node, bad, msgs)
+				break
+			}
+		}
+	}
+}
