@@ -11,9 +11,15 @@ import (
 const usage = `pairlb: a load balancer pair for Lync / Skype for Business pools
 
 usage:
-  pairlb run -c FILE        serve FILE in the foreground (logs to stderr)
-  pairlb validate -c FILE   check FILE; print one line per virtual service or every error
-  pairlb version            print the version
+  pairlb run -c FILE                          serve FILE in the foreground (logs to stderr)
+  pairlb validate -c FILE                     check FILE; print one line per service or every error
+  pairlb routes -c FILE show|apply|flush      the policy routing plan, what is installed, the difference
+  pairlb status [-c FILE|-admin ADDR] [--json]  services and real servers of the running daemon
+  pairlb server drain|disable|enable VS ADDRESS  set a real server's state in the running daemon
+  pairlb keepalived -c FILE --node NAME       render keepalived.conf for one node of the pair
+  pairlb pair check -c FILE                   compare the two nodes of the pair
+  pairlb lab [--keep|--clean]                 the Lync lab in network namespaces (root)
+  pairlb version                              print the version
 `
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,6 +39,20 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
+	case "routes":
+		return cmdRoutes(args[1:], stdout, stderr)
+	case "lab":
+		return cmdLab(args[1:], stdout, stderr)
+	case "lab-agent": // hidden: the lab's servers and clients, run inside its namespaces
+		return cmdLabAgent(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
+	case "server":
+		return cmdServer(args[1:], stdout, stderr)
+	case "keepalived":
+		return cmdKeepalived(args[1:], stdout, stderr)
+	case "pair":
+		return cmdPair(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "pairlb", version)
 		return 0

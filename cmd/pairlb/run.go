@@ -13,8 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -80,6 +82,13 @@ type daemon struct {
 	lb     *lb.Balancer
 	health *health.Monitor
 	routes *routing.Manager // nil when routing is off (no privilege and nothing to route)
+	// linkReader only reads the box's links when routing is off; links is the latest snapshot.
+	linkReader *routing.Manager
+	links      atomic.Pointer[[]routing.Link]
+
+	reg     *prometheus.Registry // everything /metrics exports; see admin_metrics.go
+	metrics *daemonMetrics
+	admin   adminState // token, readiness, listener address; see admin.go
 
 	mu  sync.Mutex // serialises reloads
 	cfg *config.Config
@@ -90,31 +99,44 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{log: log, path: path, lb: lb.New(log), cfg: cfg}
+	token, err := readAdminToken(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{log: log, path: path, lb: lb.New(log), cfg: cfg, reg: prometheus.NewRegistry()}
+	d.metrics = newDaemonMetrics(d.reg, d.lb)
+	d.setAdminToken(cfg, token)
 	d.health = health.NewMonitor(health.Options{
-		Logger: log,
+		Logger:  log,
+		OnProbe: d.metrics.observeProbe,
 		OnChange: func(c health.Change) {
 			// A target removed by a reload may report once more before Set returns.
 			_ = d.lb.SetServerHealth(c.Service, c.Server, c.Up)
 		},
 	})
-	if netAdmin() {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return nil, fmt.Errorf("opening netlink: %w", err)
-		}
-		d.routes = routing.New(h, log)
-	} else if needsRouting(cfg) {
-		return nil, errors.New("the configuration sets default gateways or manage_addresses, which need CAP_NET_ADMIN; run as root or with that capability")
-	} else {
-		log.Info("routing off: no CAP_NET_ADMIN and no virtual service with a default gateway")
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
+	keepLinks := routing.WithLinksHook(func(l []routing.Link) { d.links.Store(&l) })
+	if netAdmin() {
+		d.routes = routing.New(h, log, keepLinks)
+	} else if needsRouting(cfg) {
+		return nil, errNeedsNetAdmin
+	} else {
+		// Without the privilege pairlb changes no kernel state, but it still reads the box's
+		// addresses for subnet_originating.
+		d.linkReader = routing.New(h, log)
+		log.Info("routing off: no CAP_NET_ADMIN and no virtual service that needs it")
+	}
+	d.lb.SetSourceFunc(d.subnetSource)
 	if err := d.apply(cfg); err != nil {
 		if d.routes != nil {
 			_ = d.routes.Close()
 		}
 		return nil, err
 	}
+	d.metrics.loaded(cfg)
 	log.Info("configuration loaded", "file", path, "hash", cfg.Hash, "virtual_services", len(cfg.VirtualServices))
 	return d, nil
 }
@@ -129,11 +151,18 @@ func (d *daemon) apply(cfg *config.Config) error {
 			return fmt.Errorf("routing: %w", err)
 		}
 	}
+	if d.linkReader != nil {
+		if l, err := d.linkReader.Links(); err == nil {
+			d.links.Store(&l)
+		}
+	}
 	if err := d.lb.Apply(cfg); err != nil {
 		d.restoreRoutes()
 		return err
 	}
-	d.health.Set(healthTargets(cfg))
+	targets := healthTargets(cfg, d.subnetSource)
+	d.health.Set(targets)
+	d.metrics.setTargets(targets)
 	return nil
 }
 
@@ -146,8 +175,16 @@ func (d *daemon) restoreRoutes() {
 	}
 }
 
-// run serves until ctx ends, then stops gracefully and removes the kernel state it made.
+// run serves until ctx ends, then stops gracefully and removes the kernel state it made. The
+// admin server runs until the balancer has drained. A daemon whose admin listener cannot open
+// stops at once and returns that error: it could be neither watched nor steered.
 func (d *daemon) run(ctx context.Context) error {
+	stopAdmin, adminErr := d.startAdmin(ctx)
+	if adminErr != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		cancel()
+	}
 	var wg sync.WaitGroup
 	start := func(name string, f func(context.Context) error) {
 		wg.Add(1)
@@ -159,6 +196,10 @@ func (d *daemon) run(ctx context.Context) error {
 		}()
 	}
 	start("health", d.health.Run)
+	if pw := newPairWatcher(d.lb.Config(), "", d.log); pw != nil {
+		d.reg.MustRegister(pw)
+		start("pair", pw.Run)
+	}
 	if d.routes != nil {
 		start("routing", d.routes.Run)
 	}
@@ -170,7 +211,8 @@ func (d *daemon) run(ctx context.Context) error {
 			err = errors.Join(err, cerr)
 		}
 	}
-	return err
+	stopAdmin()
+	return errors.Join(adminErr, err)
 }
 
 // reload reads the file again. On any error the running configuration stays and every error is
@@ -180,11 +222,16 @@ func (d *daemon) reload() error {
 	defer d.mu.Unlock()
 	cfg, err := config.Load(d.path)
 	if err == nil && d.routes == nil && needsRouting(cfg) {
-		err = errors.New("the new configuration sets default gateways or manage_addresses, which need CAP_NET_ADMIN")
+		err = errNeedsNetAdmin
+	}
+	var token []byte
+	if err == nil {
+		token, err = readAdminToken(cfg)
 	}
 	if err == nil {
 		err = d.apply(cfg)
 	}
+	d.metrics.reloaded(cfg, err)
 	if err != nil {
 		// One line per problem: an operator greps the log for the field or the line number.
 		var errs config.Errors
@@ -198,6 +245,7 @@ func (d *daemon) reload() error {
 		return err
 	}
 	d.cfg = cfg
+	d.setAdminToken(cfg, token)
 	d.log.Info("configuration reloaded", "file", d.path, "hash", cfg.Hash, "virtual_services", len(cfg.VirtualServices))
 	return nil
 }
@@ -205,7 +253,7 @@ func (d *daemon) reload() error {
 // healthTargets resolves every enabled real server into what the monitor probes: the health
 // port when the service sets one, else the target port of the service's first port, from the
 // source address forwarded connections use.
-func healthTargets(cfg *config.Config) []health.Target {
+func healthTargets(cfg *config.Config, subnetSource lb.SourceFunc) []health.Target {
 	var out []health.Target
 	for i := range cfg.VirtualServices {
 		vs := &cfg.VirtualServices[i]
@@ -218,13 +266,28 @@ func healthTargets(cfg *config.Config) []health.Target {
 				addr = netip.AddrPortFrom(rs.Address, vs.Health.Port)
 			}
 			var src netip.Addr
-			if len(vs.SourceAddresses) > 0 {
+			switch {
+			case len(vs.SourceAddresses) > 0:
 				src = vs.SourceAddresses[0]
+			case vs.SubnetOriginating:
+				src, _ = subnetSource(rs.Address)
 			}
 			out = append(out, health.Target{Service: vs.Name, Server: rs.Key(), Addr: addr, Source: src, Check: vs.Health})
 		}
 	}
 	return out
+}
+
+var errNeedsNetAdmin = errors.New("the configuration sets default gateways, transparent services or manage_addresses, which need CAP_NET_ADMIN; run as root or with that capability")
+
+// subnetSource is the box's own address on dst's subnet, from the latest snapshot of the links
+// (subnet_originating).
+func (d *daemon) subnetSource(dst netip.Addr) (netip.Addr, bool) {
+	l := d.links.Load()
+	if l == nil {
+		return netip.Addr{}, false
+	}
+	return routing.SourceFor(d.lb.Config(), *l, dst)
 }
 
 func needsRouting(cfg *config.Config) bool {

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/health"
+	"github.com/pairlb/pairlb/lb"
+)
+
+// daemonMetrics are the metrics the daemon keeps itself: health probes, reloads and the
+// configuration in force. The balancer's own come from lb.NewCollector at scrape time.
+type daemonMetrics struct {
+	healthDuration *prometheus.HistogramVec
+	healthFailures *prometheus.CounterVec
+	reloads        *prometheus.CounterVec
+	reloadOK       prometheus.Gauge
+	reloadTime     prometheus.Gauge
+	configHash     *prometheus.GaugeVec
+
+	mu      sync.Mutex
+	targets map[[2]string]bool // health series present: {service, server}
+}
+
+// newDaemonMetrics registers every metric of the daemon on reg: the balancer's, the daemon's,
+// and the Go runtime, process and build information collectors.
+func newDaemonMetrics(reg prometheus.Registerer, b *lb.Balancer) *daemonMetrics {
+	rs := []string{"virtual_service", "real_server"}
+	m := &daemonMetrics{
+		healthDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pairlb_health_check_duration_seconds",
+			Help:    "Time a health check of a real server took, passed or failed.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, rs),
+		healthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pairlb_health_check_failures_total",
+			Help: "Health checks of a real server that failed.",
+		}, rs),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pairlb_config_reloads_total",
+			Help: "Configuration reloads (SIGHUP or the admin API), by result (success, failure).",
+		}, []string{"result"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pairlb_config_last_reload_successful",
+			Help: "1 when the last reload was applied, 0 when it was rejected and the previous configuration stays.",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pairlb_config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration in force was loaded, in seconds since the epoch.",
+		}),
+		configHash: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pairlb_config_hash",
+			Help: "Always 1; the hash label is the SHA-256 of the configuration file in force.",
+		}, []string{"hash"}),
+		targets: map[[2]string]bool{},
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "pairlb_build_info",
+		Help:        "Always 1; the version label is pairlb's version.",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	buildInfo.Set(1)
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	reg.MustRegister(
+		lb.NewCollector(b),
+		m.healthDuration, m.healthFailures, m.reloads, m.reloadOK, m.reloadTime, m.configHash, buildInfo,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(),
+	)
+	return m
+}
+
+// observeProbe is the health monitor's OnProbe.
+func (m *daemonMetrics) observeProbe(t health.Target, d time.Duration, err error) {
+	m.mu.Lock()
+	m.targets[[2]string{t.Service, t.Server}] = true
+	m.mu.Unlock()
+	m.healthDuration.WithLabelValues(t.Service, t.Server).Observe(d.Seconds())
+	failures := m.healthFailures.WithLabelValues(t.Service, t.Server) // a zero series from the first probe on
+	if err != nil {
+		failures.Inc()
+	}
+}
+
+// setTargets deletes the health series of targets no longer monitored. Call it after
+// health.Monitor.Set has returned: no probe of a removed target reports after that.
+func (m *daemonMetrics) setTargets(targets []health.Target) {
+	keep := make(map[[2]string]bool, len(targets))
+	for _, t := range targets {
+		keep[[2]string{t.Service, t.Server}] = true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k := range m.targets {
+		if !keep[k] {
+			m.healthDuration.DeleteLabelValues(k[0], k[1])
+			m.healthFailures.DeleteLabelValues(k[0], k[1])
+			delete(m.targets, k)
+		}
+	}
+}
+
+// loaded records the configuration now in force.
+func (m *daemonMetrics) loaded(cfg *config.Config) {
+	m.configHash.Reset()
+	m.configHash.WithLabelValues(cfg.Hash).Set(1)
+	m.reloadOK.Set(1)
+	m.reloadTime.SetToCurrentTime()
+}
+
+// reloaded counts a reload and, when it succeeded, records the new configuration.
+func (m *daemonMetrics) reloaded(cfg *config.Config, err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("failure").Inc()
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloads.WithLabelValues("success").Inc()
+	m.loaded(cfg)
+}

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// chromiumPath finds the browser for the status-page tests. Under CI=true a missing browser is a
+// failure (the test command installs the Debian package chromium); elsewhere the test skips.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium is not installed; the test command installs the Debian package chromium")
+	}
+	t.Skip("chromium is not installed")
+	return ""
+}
+
+// browser starts a headless Chromium with a fresh profile that talks to nothing but loopback,
+// and returns a tab's context, ended with the test.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1100, 800),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	// Start the browser on a context without a deadline (see chromedp.Run).
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return ctx
+}
+
+// run does steps with a deadline.
+func runBrowser(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(sctx, steps...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// listenOn starts a greeting TCP server on a loopback address of the caller's choice.
+func listenOn(t *testing.T, ip string, port int) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				fmt.Fprintf(c, "%s\n", ip)
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+// pump sends n bytes through addr, half-closes and reads everything back.
+func pump(t *testing.T, addr string, n int) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	go func() {
+		_, _ = c.Write(make([]byte, n))
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("pump %s: %v", addr, err)
+	}
+}
+
+// TestStatusPage drives the page in Chromium: the services are listed, Drain on a server sets
+// it draining in the daemon, and the page shows it. PAIRLB_SCREENSHOT=path saves a PNG of the
+// page (docs/status-page.png is made with
+// `PAIRLB_SCREENSHOT=$PWD/docs/status-page.png go test ./cmd/pairlb -run TestStatusPage$`).
+func TestStatusPage(t *testing.T) {
+	ctx := browser(t)
+	// Loopback stand-ins for a Front End pool (two up, one without a listener) and an Edge pool.
+	fePort := freeTCPPort(t)
+	listenOn(t, "127.0.11.11", fePort)
+	listenOn(t, "127.0.11.12", fePort)
+	fe2, fe3 := "127.0.11.12", "127.0.11.13" // real-server keys
+	edge1, edge2 := listenOn(t, "127.0.21.11", 0), listenOn(t, "127.0.21.12", 0)
+	web, edgePort := freeTCPPort(t), freeTCPPort(t)
+	services := fmt.Sprintf(`  - name: fe-pool-sip
+    vip: 127.0.0.1
+    ports: ["%d/tcp->%d", "%d/tcp->%d"]
+    scheduler: leastconn
+    health: {type: tcp, interval: 1s, timeout: 500ms, rise: 1, fall: 1}
+    real_servers:
+      - {address: %q}
+      - {address: %q}
+      - {address: %q}
+  - name: edge-access
+    vip: 127.0.0.1
+    ports: ["%d/tcp"]
+    persistence: {type: source-ip, timeout: 300s}
+    health: {type: none}
+    real_servers:
+      - {address: %q}
+      - {address: %q, weight: 2}
+      - {address: "127.0.21.13:%d", enabled: false}
+  - name: web-redirect
+    vip: 127.0.0.1
+    ports: ["%d/tcp"]
+    redirect: "https://%%h%%s"
+`, web, fePort, freeTCPPort(t), fePort, "127.0.11.11", "127.0.11.12", fe3,
+		edgePort, edge1, edge2, freeTCPPort(t), freeTCPPort(t))
+	td := startDaemon(t, "", services)
+	// Some traffic, so that the counters are not all zero.
+	waitGreeting(t, fmt.Sprintf("127.0.0.1:%d", web), "127.0.11.11")
+	for i := range 6 {
+		pump(t, fmt.Sprintf("127.0.0.1:%d", web), 20000*(i+1))
+		pump(t, fmt.Sprintf("127.0.0.1:%d", edgePort), 3000*(i+1))
+	}
+	held, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", web))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+
+	runBrowser(t, ctx, "loading the page",
+		chromedp.Navigate(td.admin+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`section.vs[data-vs="edge-access"]`)),
+	)
+	names, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("section.vs")].map(s => s.dataset.vs)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(names) != "[fe-pool-sip edge-access web-redirect]" {
+		t.Errorf("services on the page: %q", names)
+	}
+	// Health settles: fe3 has no listener and shows down.
+	runBrowser(t, ctx, "waiting for health",
+		chromedp.WaitVisible(chromedp.CSS(`tr.rs.down[data-rs="`+fe3+`"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr.rs.available[data-rs="`+fe2+`"]`)),
+	)
+
+	// Drain fe2 with a real mouse click; the daemon has it draining, and so does the page.
+	runBrowser(t, ctx, "clicking drain",
+		chromedp.Click(chromedp.CSS(`button[data-vs="fe-pool-sip"][data-rs="`+fe2+`"][data-action="drain"]`), chromedp.NodeVisible),
+	)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if s := findServer(td.status(t, ""), "fe-pool-sip", fe2); s != nil && s.State == "draining" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the click on Drain did not reach the daemon")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	runBrowser(t, ctx, "the page shows the drain",
+		chromedp.WaitVisible(chromedp.CSS(`tr.rs.draining[data-rs="`+fe2+`"][data-state="draining"]`)),
+		chromedp.WaitReady(chromedp.CSS(`button[data-rs="`+fe2+`"][data-action="drain"][disabled]`)),
+	)
+
+	if path := os.Getenv("PAIRLB_SCREENSHOT"); path != "" {
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("screenshot: %s (%d bytes)", path, len(png))
+	}
+}
+
+// TestStatusPageToken: with a token file, the page asks for the token, keeps it for the tab and
+// then lists the services.
+func TestStatusPageToken(t *testing.T) {
+	ctx := browser(t)
+	td := startDaemon(t, "page-token", serviceYAML("web", freeTCPPort(t), echoServer(t, "a")))
+	runBrowser(t, ctx, "the token form",
+		chromedp.Navigate(td.admin+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#token-form`)),
+		chromedp.SendKeys(chromedp.CSS(`#token`), "page-token"),
+		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`), chromedp.NodeVisible),
+		chromedp.WaitVisible(chromedp.CSS(`section.vs[data-vs="web"]`)),
+		chromedp.WaitNotVisible(chromedp.CSS(`#token-form`)),
+	)
+	stored, err := chromedp.Run(ctx, chromedp.Evaluate[string](`sessionStorage.getItem("pairlb-admin-token")`))
+	if err != nil || stored != "page-token" {
+		t.Errorf("sessionStorage token: %q, %v", stored, err)
+	}
+}

@@ -1,0 +1,181 @@
+// pairlb status page: polls /api/v1/status every 2 s and renders every virtual service with its
+// real servers; the buttons POST to the admin API. With a token file configured, the API answers
+// 401 until the page has the token, which it asks for once and keeps in sessionStorage.
+"use strict";
+
+const TOKEN_KEY = "pairlb-admin-token";
+const REFRESH_MS = 2000;
+
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+
+async function api(method, path) {
+  const headers = {};
+  const sent = token();
+  if (sent) headers["Authorization"] = "Bearer " + sent;
+  const resp = await fetch(path, { method, headers, cache: "no-store" });
+  if (resp.status === 401) {
+    // Ask again only if the token has not changed while the request was out.
+    if (token() === sent) askToken();
+    throw new Error(sent ? "the admin API refused the token" : "the admin API wants a token");
+  }
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const detail = body.errors ? ": " + body.errors.join("; ") : "";
+    throw new Error((body.error || resp.statusText) + detail);
+  }
+  return body;
+}
+
+function askToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  document.getElementById("token-form").hidden = false;
+  document.getElementById("forget-token").hidden = true;
+}
+
+function showError(msg) {
+  const e = document.getElementById("error");
+  e.textContent = msg || "";
+  e.hidden = !msg;
+}
+
+function el(tag, attrs, ...children) {
+  const n = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") n.className = v;
+    else if (k.startsWith("data-")) n.setAttribute(k, v);
+    else n[k] = v;
+  }
+  for (const c of children) {
+    if (c == null) continue;
+    n.append(c instanceof Node ? c : String(c));
+  }
+  return n;
+}
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+}
+
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  return Math.round(s / 3600) + " h ago";
+}
+
+// serverClass is the colour of a real server: its administrative state first, then health.
+function serverClass(rs) {
+  if (rs.state === "disabled") return "disabled";
+  if (rs.state === "draining") return "draining";
+  return rs.up ? "available" : "down";
+}
+
+function fact(label, value) { return el("span", {}, label + " ", el("b", {}, value)); }
+
+function renderServer(vs, rs) {
+  const cls = serverClass(rs);
+  const h = rs.health;
+  let healthCell = rs.up ? "up" : "down";
+  if (h && h.check === "none") {
+    healthCell = "up (no check)";
+  } else if (h) {
+    healthCell = el("span", {}, (rs.up ? "up" : "down") + " (" + h.check + ")",
+      h.last_check ? el("br") : null,
+      h.last_check ? el("small", {}, "checked " + ago(h.last_check) + ", " + (h.last_duration_seconds * 1000).toFixed(1) + " ms") : null,
+      h.last_error ? el("div", { class: "err" }, h.last_error) : null);
+  }
+  const actions = el("td", { class: "actions" });
+  for (const [action, label, state] of [["drain", "Drain", "draining"], ["disable", "Disable", "disabled"], ["enable", "Enable", "enabled"]]) {
+    actions.append(el("button", {
+      type: "button", disabled: rs.state === state, title: label + " " + rs.address,
+      "data-vs": vs.name, "data-rs": rs.address, "data-action": action,
+      onclick: () => setState(vs.name, rs.address, action),
+    }, label));
+  }
+  return el("tr", { class: "rs " + cls, "data-vs": vs.name, "data-rs": rs.address, "data-state": rs.state },
+    el("td", { class: "addr" }, el("i", { class: "dot " + cls }), rs.address),
+    el("td", { class: "state" }, rs.state),
+    el("td", {}, healthCell),
+    el("td", { class: "num" }, rs.weight),
+    el("td", { class: "num" }, rs.active_connections),
+    el("td", { class: "num" }, rs.connections_total),
+    actions);
+}
+
+function renderService(vs) {
+  const ports = el("span", {}, ...vs.ports.map(p => el("span", { class: "port" }, p.port)));
+  const facts = el("div", { class: "facts" },
+    el("span", {}, ports),
+    fact("gateway", vs.default_gateway || "main table"),
+    vs.scheduler ? fact("scheduler", vs.scheduler) : null,
+    fact("active", vs.active_connections),
+    vs.udp_sessions ? fact("UDP sessions", vs.udp_sessions) : null,
+    fact("connections", vs.connections_total),
+    fact("in", bytes(vs.bytes_client_to_server)),
+    fact("out", bytes(vs.bytes_server_to_client)));
+  const drops = (vs.dropped || []).filter(d => d.count > 0);
+  if (drops.length) facts.append(fact("dropped", drops.map(d => d.reason + " " + d.count).join(", ")));
+
+  const card = el("section", { class: "vs", "data-vs": vs.name },
+    el("h2", {}, vs.name, el("span", { class: "vip" }, vs.vip)), facts);
+  if (vs.redirect) {
+    card.append(el("div", { class: "redirect" }, "HTTP redirect to " + vs.redirect));
+    return card;
+  }
+  const table = el("table", {},
+    el("thead", {}, el("tr", {},
+      el("th", {}, "real server"), el("th", {}, "state"), el("th", {}, "health"),
+      el("th", { class: "num" }, "weight"), el("th", { class: "num" }, "active"),
+      el("th", { class: "num" }, "total"), el("th", {}, ""))),
+    el("tbody", {}, ...vs.real_servers.map(rs => renderServer(vs, rs))));
+  card.append(table);
+  return card;
+}
+
+function render(st) {
+  const ready = document.getElementById("ready");
+  ready.textContent = st.ready ? "ready" : "not ready";
+  ready.className = "badge " + (st.ready ? "ok" : "bad");
+  document.getElementById("meta").textContent =
+    "version " + st.version + " · " + st.config_file + " · " + (st.config_hash || "").slice(0, 12);
+  document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  document.getElementById("services").replaceChildren(...st.virtual_services.map(renderService));
+  document.body.dataset.loaded = "true";
+}
+
+async function refresh() {
+  try {
+    render(await api("GET", "/api/v1/status"));
+    showError("");
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function setState(vs, rs, action) {
+  try {
+    await api("POST", "/api/v1/virtual-services/" + encodeURIComponent(vs) + "/real-servers/" + encodeURIComponent(rs) + "/" + action);
+    showError("");
+  } catch (e) {
+    showError(action + " " + rs + ": " + e.message);
+  }
+  refresh();
+}
+
+document.getElementById("token-form").addEventListener("submit", ev => {
+  ev.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+  document.getElementById("token").value = "";
+  document.getElementById("token-form").hidden = true;
+  document.getElementById("forget-token").hidden = false;
+  refresh();
+});
+document.getElementById("forget-token").addEventListener("click", askToken);
+document.getElementById("forget-token").hidden = !token();
+
+refresh();
+setInterval(refresh, REFRESH_MS);
