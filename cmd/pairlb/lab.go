@@ -19,7 +19,8 @@ Builds the deployment guide's single-pair topology (internal, DMZ and external n
 with a stateful router) in network namespaces, runs pairlb in it with the Lync 2013 example
 mapped onto 198.18.0.0/15, 198.51.100.0/24 and 203.0.113.0/24, sends traffic to every virtual
 service port and prints one row per port: answers, reply path (router counters), real servers.
-Exits 0 only when every row passes. Needs root, iproute2 and nftables.
+Exits 0 only when every row passes and pairlb status in the box matches the configuration.
+Needs root, iproute2 and nftables.
 
 `
 

@@ -79,6 +79,7 @@ type Report struct {
 	Rows       []*Row
 	Invalid    map[string]uint64 // router: packets its firewall dropped as invalid
 	HealthDown []string          // health targets not up when the traffic started
+	Status     *StatusCheck      // `pairlb status` in the box after the traffic
 	PairlbExit string            // how pairlb ended ("" while it runs: --keep)
 	Elapsed    time.Duration
 	Kept       bool
@@ -94,9 +95,9 @@ type ClientInfo struct {
 	Addr      netip.Addr
 }
 
-// Pass reports whether every row passed and pairlb ended cleanly.
+// Pass reports whether every row passed, `pairlb status` matched and pairlb ended cleanly.
 func (r *Report) Pass() bool {
-	if len(r.Rows) == 0 {
+	if len(r.Rows) == 0 || !r.Status.OK() {
 		return false
 	}
 	for _, row := range r.Rows {
@@ -234,6 +235,8 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	if rep.Invalid, err = r.checkPaths(ctx); err != nil {
 		return rep, err
 	}
+	r.progress("running pairlb status in the box (-admin %s)", cfg.Global.Admin)
+	rep.Status = r.status(ctx, cfgPath)
 	for _, c := range clients() {
 		rep.Clients = append(rep.Clients, ClientInfo{Namespace: r.ns[c.name].Name(), Desc: c.desc, Addr: c.addrs[0].Addr()})
 	}

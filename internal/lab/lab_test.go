@@ -61,10 +61,10 @@ func TestLab(t *testing.T) {
 
 	start := time.Now()
 	rep, err := Run(ctx, Options{Binary: bin, StateDir: stateDir, Progress: logWriter{t}})
+	var printed bytes.Buffer
 	if rep != nil {
-		var b bytes.Buffer
-		Print(&b, rep)
-		t.Logf("\n%s", b.String())
+		Print(&printed, rep)
+		t.Logf("\n%s", printed.String())
 		assertGone(t, rep.Prefix, stateDir)
 	}
 	if err != nil {
@@ -94,6 +94,22 @@ func TestLab(t *testing.T) {
 	}
 	if rep.PairlbExit != "exit status 0" {
 		t.Errorf("pairlb after SIGTERM: %s", rep.PairlbExit)
+	}
+	// `pairlb status` in the box: its table printed under the rows, and its --json answer
+	// matching the configuration.
+	if sc := rep.Status; !sc.OK() || sc.Services != len(cfg.VirtualServices) || sc.Ports != len(rep.Rows) || sc.Servers == 0 {
+		t.Errorf("pairlb status check: %+v", sc)
+	}
+	out := printed.String()
+	for _, want := range []string{"pairlb status on the box (-admin 127.0.0.1:9090):", "status check (--json): pass: ", "pairlb status check: pass"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the printed report lacks %q", want)
+		}
+	}
+	for _, vs := range cfg.VirtualServices {
+		if !strings.Contains(out, "\n  "+vs.Name+"  ") {
+			t.Errorf("the printed status lacks virtual service %s", vs.Name)
+		}
 	}
 	if !rep.Pass() {
 		t.Error("report does not pass")

@@ -195,8 +195,27 @@ func Print(w io.Writer, rep *Report) {
 		fmt.Fprintln(w, "\nproblems:")
 		fmt.Fprintln(w, strings.Join(problems, "\n"))
 	}
+	status := "not run"
+	if sc := rep.Status; sc != nil {
+		fmt.Fprintf(w, "\npairlb status on the box (-admin %s):\n", sc.Admin)
+		for line := range strings.Lines(strings.TrimRight(sc.Table, "\n") + "\n") {
+			if line != "\n" {
+				line = "  " + line
+			}
+			fmt.Fprint(w, line)
+		}
+		status = "pass"
+		if !sc.OK() {
+			status = "FAIL"
+		}
+		fmt.Fprintf(w, "\nstatus check (--json): %s: %d virtual services listed, %d real servers enabled and up, connections counted on %d ports\n",
+			status, sc.Services, sc.Servers, sc.Ports)
+		for _, p := range sc.Problems {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%d/%d rows pass", passed, len(rep.Rows))
+	fmt.Fprintf(w, "%d/%d rows pass, pairlb status check: %s", passed, len(rep.Rows), status)
 	var inv []string
 	for _, router := range sortedKeys(rep.Invalid) {
 		inv = append(inv, fmt.Sprintf("%s %d", router, rep.Invalid[router]))
