@@ -19,6 +19,13 @@ type msgBatch struct {
 	names []unix.RawSockaddrInet6 // large enough for either family
 	bufs  [][]byte
 	lens  []int // payload length of each datagram after recv, or to send
+
+	// recvFn and sendFn are bound once and leave their results in n, sent and err, so that a
+	// batch costs no allocation.
+	recvFn, sendFn func(fd uintptr) bool
+	n, sent        int
+	err            error
+	refused        bool
 }
 
 // newMsgBatch makes a batch of n slots with buffers of size bytes each; with size 0 the slots
@@ -31,6 +38,7 @@ func newMsgBatch(n, size int) *msgBatch {
 		bufs:  make([][]byte, n),
 		lens:  make([]int, n),
 	}
+	b.recvFn, b.sendFn = b.recvOnce, b.sendAll
 	for i := range n {
 		if size > 0 {
 			b.bufs[i] = make([]byte, size)
@@ -59,7 +67,7 @@ func (b *msgBatch) recvNow(fd uintptr) (int, error) {
 			continue
 		}
 		if e != 0 {
-			return 0, e
+			return 0, e // an Errno, never a nil interface holding 0
 		}
 		n := int(r)
 		for i := range n {
@@ -84,19 +92,19 @@ func (b *msgBatch) reset() {
 // recv reads as many datagrams as are queued, up to the batch size, waiting for the first one.
 // Datagrams truncated by a short buffer are reported through truncated(i).
 func (b *msgBatch) recv(rc syscall.RawConn) (int, error) {
-	var n int
-	var rerr error
-	err := rc.Read(func(fd uintptr) bool {
-		n, rerr = b.recvNow(fd)
-		return rerr != unix.EAGAIN
-	})
-	if err == nil {
-		err = rerr
-	}
-	if err != nil {
+	if err := rc.Read(b.recvFn); err != nil {
 		return 0, err
 	}
-	return n, nil
+	if b.err != nil {
+		return 0, b.err
+	}
+	return b.n, nil
+}
+
+// recvOnce is recvFn: false, on EAGAIN, makes Read wait for readability and call it again.
+func (b *msgBatch) recvOnce(fd uintptr) bool {
+	b.n, b.err = b.recvNow(fd)
+	return b.err != unix.EAGAIN
 }
 
 func (b *msgBatch) truncated(i int) bool { return b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }
@@ -150,31 +158,31 @@ func (b *msgBatch) send(rc syscall.RawConn, n int) (int, error) {
 	for i := range n {
 		b.iovs[i].SetLen(b.lens[i])
 	}
-	sent := 0
-	var errno syscall.Errno
-	refused := false
-	err := rc.Write(func(fd uintptr) bool {
-		for sent < n {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[sent])), uintptr(n-sent), unix.MSG_DONTWAIT, 0, 0)
-			switch {
-			case e == 0:
-				sent += int(r)
-			case e == unix.EINTR:
-			case e == unix.ECONNREFUSED && !refused:
-				// An ICMP error left by an earlier datagram is reported once; try again.
-				refused = true
-			default:
-				errno = e
-				return true
-			}
+	b.n, b.sent, b.err, b.refused = n, 0, nil, false
+	if err := rc.Write(b.sendFn); err != nil {
+		return b.sent, err
+	}
+	if b.err != nil && b.err != unix.EAGAIN && b.err != unix.ECONNREFUSED {
+		return b.sent, b.err
+	}
+	return b.sent, nil
+}
+
+// sendAll is sendFn: it never asks Write to wait (see send).
+func (b *msgBatch) sendAll(fd uintptr) bool {
+	for b.sent < b.n {
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[b.sent])), uintptr(b.n-b.sent), unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case e == 0:
+			b.sent += int(r)
+		case e == unix.EINTR:
+		case e == unix.ECONNREFUSED && !b.refused:
+			// An ICMP error left by an earlier datagram is reported once; try again.
+			b.refused = true
+		default:
+			b.err = e
+			return true
 		}
-		return true
-	})
-	if err != nil {
-		return sent, err
 	}
-	if errno != 0 && errno != unix.EAGAIN && errno != unix.ECONNREFUSED {
-		return sent, errno
-	}
-	return sent, nil
+	return true
 }

@@ -28,6 +28,9 @@ const relayBuffer = 16 << 10
 // maxSplice is the most one splice call asks for; the pipe's capacity bounds it in practice.
 const maxSplice = 1 << 20
 
+// pipeSize is the capacity asked of each pooled pipe.
+const pipeSize = 256 << 10
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBuffer); return &b }}
 
 // relayPipe is a pipe used as splice's kernel buffer between two sockets.
@@ -38,6 +41,9 @@ var pipePool = sync.Pool{New: func() any {
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil
 	}
+	// A larger pipe moves a bulk transfer in fewer splice calls; where the kernel refuses (the
+	// per-user pipe limit), the default 64 KiB does.
+	_, _ = unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
 	p := &relayPipe{r: fds[0], w: fds[1]}
 	// A pipe dropped by the pool is closed when collected.
 	runtime.AddCleanup(p, func(fds [2]int) { unix.Close(fds[0]); unix.Close(fds[1]) }, fds)
@@ -64,13 +70,19 @@ type relay struct {
 	dstRaw   syscall.RawConn
 	total    *atomic.Uint64
 	pending  uint64 // bytes not yet added to total
-}
 
-// errWouldBlock ends a splice burst when the source has nothing more to give right now.
-var errWouldBlock = errors.New("would block")
+	// The system calls run inside RawConn callbacks. The callbacks are bound once per
+	// direction and leave their results here, so a message costs no allocation.
+	readFn, spliceInFn, spliceOutFn func(fd uintptr) bool
+	buf                             *[]byte
+	pipe                            *relayPipe
+	n                               int // bytes read, spliced in, or left to splice out
+	errno                           error
+}
 
 func (p *tcpProxy) pipe(dst, src *net.TCPConn, total *atomic.Uint64) {
 	r := relay{p: p, dst: dst, src: src, total: total}
+	r.readFn, r.spliceInFn, r.spliceOutFn = r.read, r.spliceIn, r.spliceOut
 	var err error
 	if r.srcRaw, err = src.SyscallConn(); err == nil {
 		r.dstRaw, err = dst.SyscallConn()
@@ -125,30 +137,14 @@ func (p *tcpProxy) pipe(dst, src *net.TCPConn, total *atomic.Uint64) {
 // copyOnce waits for data on src, moves one message through a pooled buffer, and when that
 // message filled the buffer, splices until src would block.
 func (r *relay) copyOnce() error {
-	var buf *[]byte
-	var n int
-	var rerr error
-	err := r.srcRaw.Read(func(fd uintptr) bool {
-		b := bufPool.Get().(*[]byte)
-		for {
-			n, rerr = unix.Read(int(fd), *b)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		if rerr == unix.EAGAIN {
-			bufPool.Put(b)
-			return false // wait for readability without holding the buffer
-		}
-		buf = b
-		return true
-	})
-	if err != nil {
+	r.buf = nil
+	if err := r.srcRaw.Read(r.readFn); err != nil {
 		return err
 	}
-	if rerr != nil {
+	buf, n := r.buf, r.n
+	if r.errno != nil {
 		bufPool.Put(buf)
-		return os.NewSyscallError("read", rerr)
+		return os.NewSyscallError("read", r.errno)
 	}
 	if n == 0 {
 		bufPool.Put(buf)
@@ -166,6 +162,25 @@ func (r *relay) copyOnce() error {
 	return r.spliceBurst()
 }
 
+// read is readFn: it takes a buffer only when there is something to read, and gives it back
+// before Read waits for readability.
+func (r *relay) read(fd uintptr) bool {
+	b := bufPool.Get().(*[]byte)
+	var err error
+	for {
+		r.n, err = unix.Read(int(fd), *b)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err == unix.EAGAIN {
+		bufPool.Put(b)
+		return false
+	}
+	r.buf, r.errno = b, err
+	return true
+}
+
 func (r *relay) count(n int) {
 	r.pending += uint64(n)
 	r.p.moved.Add(uint64(n))
@@ -178,20 +193,26 @@ func (r *relay) spliceBurst() error {
 	if pp == nil {
 		return nil // no pipe (descriptor limit): the buffered path carries on
 	}
+	r.pipe = pp
+	defer func() { r.pipe = nil }()
 	for {
-		n, err := r.spliceIn(pp)
-		if err == errWouldBlock {
+		if err := r.srcRaw.Read(r.spliceInFn); err != nil {
 			pipePool.Put(pp)
-			return nil
-		}
-		if err != nil || n == 0 {
-			pipePool.Put(pp) // nothing was read into it
-			if err == nil {
-				err = io.EOF
-			}
 			return err
 		}
-		if err := r.spliceOut(pp, n); err != nil {
+		n := r.n
+		switch {
+		case r.errno == unix.EAGAIN:
+			pipePool.Put(pp)
+			return nil
+		case r.errno != nil:
+			pipePool.Put(pp)
+			return os.NewSyscallError("splice", r.errno)
+		case n == 0:
+			pipePool.Put(pp)
+			return io.EOF
+		}
+		if err := r.emptyPipe(n); err != nil {
 			pp.drain()
 			pipePool.Put(pp)
 			return err
@@ -200,52 +221,50 @@ func (r *relay) spliceBurst() error {
 	}
 }
 
-// spliceIn moves what src has now into the pipe; 0 bytes means src ended.
-func (r *relay) spliceIn(pp *relayPipe) (int, error) {
-	var n int
-	var serr error
-	err := r.srcRaw.Read(func(fd uintptr) bool {
-		for {
-			var m int64
-			m, serr = unix.Splice(int(fd), nil, pp.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			n = int(m)
-			if serr != unix.EINTR {
-				return true
-			}
+// spliceIn is spliceInFn: it moves what src has now into the pipe without waiting; 0 bytes
+// means src ended, EAGAIN that it has nothing now.
+func (r *relay) spliceIn(fd uintptr) bool {
+	for {
+		m, err := unix.Splice(int(fd), nil, r.pipe.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if err != unix.EINTR {
+			r.n, r.errno = int(m), err
+			return true
 		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case serr == unix.EAGAIN:
-		return 0, errWouldBlock
-	case serr != nil:
-		return 0, os.NewSyscallError("splice", serr)
 	}
-	return n, nil
 }
 
-// spliceOut empties n bytes of the pipe into dst, waiting while dst's send buffer is full.
-func (r *relay) spliceOut(pp *relayPipe, n int) error {
-	for n > 0 {
-		var m int64
-		var serr error
-		err := r.dstRaw.Write(func(fd uintptr) bool {
-			for {
-				m, serr = unix.Splice(pp.r, nil, int(fd), nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-				if serr != unix.EINTR {
-					break
-				}
-			}
-			return serr != unix.EAGAIN
-		})
-		if err != nil {
+// emptyPipe splices n bytes from the pipe into dst, waiting while dst's send buffer is full.
+func (r *relay) emptyPipe(n int) error {
+	r.n = n
+	for r.n > 0 {
+		if err := r.dstRaw.Write(r.spliceOutFn); err != nil {
 			return err
 		}
-		if serr != nil {
-			return os.NewSyscallError("splice", serr)
+		if r.errno != nil {
+			return os.NewSyscallError("splice", r.errno)
 		}
-		n -= int(m)
 	}
 	return nil
+}
+
+// spliceOut is spliceOutFn: one splice from the pipe into dst; false makes Write wait until
+// dst can take more.
+func (r *relay) spliceOut(fd uintptr) bool {
+	for {
+		m, err := unix.Splice(r.pipe.r, nil, int(fd), nil, r.n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			r.errno = nil
+			return false
+		case nil:
+			r.n -= int(m)
+			r.errno = nil
+			return true
+		default:
+			r.errno = err
+			return true
+		}
+	}
 }

@@ -56,6 +56,8 @@ type udpSession struct {
 	client netip.AddrPort
 	up     *net.UDPConn
 	upRaw  syscall.RawConn
+	readFn func(fd uintptr) bool // s.readOnce, bound once
+	batch  *msgBatch             // set by readOnce
 	svc    *service
 	server *realServer  // nil for the sorry server
 	last   atomic.Int64 // unix nanoseconds of the last datagram either way
@@ -238,6 +240,7 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 		return nil
 	}
 	s := &udpSession{l: l, client: client, up: up, upRaw: raw, svc: svc, server: r}
+	s.readFn = s.readOnce
 	s.last.Store(time.Now().UnixNano())
 
 	l.mu.Lock()
@@ -371,28 +374,32 @@ func (s *udpSession) relayReplies() {
 
 // readReplies waits for the server's datagrams and reads those queued into a pooled batch.
 func (s *udpSession) readReplies() (*msgBatch, int, error) {
-	var b *msgBatch
-	var n int
-	var rerr error
-	err := s.upRaw.Read(func(fd uintptr) bool {
-		b = replyBatches.Get().(*msgBatch)
-		n, rerr = b.recvNow(fd)
-		if rerr == unix.EAGAIN {
-			replyBatches.Put(b)
-			return false
-		}
-		return true
-	})
-	if err == nil {
-		err = rerr
+	s.batch = nil
+	err := s.upRaw.Read(s.readFn)
+	b := s.batch
+	if err == nil && b != nil && b.err != nil {
+		err = b.err
 	}
 	if err != nil {
-		if b != nil && rerr != unix.EAGAIN {
+		if b != nil {
 			replyBatches.Put(b)
 		}
 		return nil, 0, err
 	}
-	return b, n, nil
+	return b, b.n, nil
+}
+
+// readOnce is readFn: it takes a pooled batch only when replies are there, and gives it back
+// before Read waits.
+func (s *udpSession) readOnce(fd uintptr) bool {
+	b := replyBatches.Get().(*msgBatch)
+	b.n, b.err = b.recvNow(fd)
+	if b.err == unix.EAGAIN {
+		replyBatches.Put(b)
+		return false
+	}
+	s.batch = b
+	return true
 }
 
 func (s *udpSession) end() {
