@@ -82,6 +82,8 @@ type binding struct {
 
 type listener interface {
 	rebind(*binding)
+	// start begins serving; the first binding must be set.
+	start()
 	// retire stops taking new connections; open ones continue.
 	retire()
 	// abort closes everything at once.
@@ -150,20 +152,26 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 		}
 	}
 
+	// Open every new socket before changing anything, so that a failure leaves the running
+	// configuration as it was. A removed UDP listener still draining its sessions is taken
+	// back instead of opening a second socket on its address.
 	opened := map[listenerKey]listener{}
+	revived := map[listenerKey]*udpListener{}
 	for k, bnd := range want {
 		if _, ok := b.listeners[k]; ok {
 			continue
 		}
 		if u, ok := b.retiring[k]; ok && u.revive() {
-			opened[k] = u
-			delete(b.retiring, k)
+			revived[k] = u
 			continue
 		}
 		l, err := b.open(k, bnd)
 		if err != nil {
 			for _, o := range opened {
 				o.abort()
+			}
+			for _, u := range revived {
+				u.retire()
 			}
 			return fmt.Errorf("opening listener %s for %s: %w", k, bnd.svc.cfg.Name, err)
 		}
@@ -182,8 +190,14 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 		}
 		delete(b.listeners, k)
 	}
+	for k, u := range revived {
+		u.rebind(want[k])
+		delete(b.retiring, k)
+		b.listeners[k] = u
+	}
 	for k, l := range opened {
 		l.rebind(want[k])
+		l.start()
 		b.listeners[k] = l
 		b.log.Info("listener open", "listener", k.String(), "virtual_service", want[k].svc.cfg.Name)
 	}
@@ -217,27 +231,19 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 			pc.Close()
 			return nil, err
 		}
-		b.acceptWG.Add(1)
-		go u.serve()
 		return u, nil
 	case kindRedirect:
 		ln, err := lc.Listen(context.Background(), "tcp", k.addr.String())
 		if err != nil {
 			return nil, err
 		}
-		r := newRedirectListener(b, ln)
-		b.acceptWG.Add(1)
-		go r.serve()
-		return r, nil
+		return newRedirectListener(b, ln), nil
 	default:
 		ln, err := lc.Listen(context.Background(), "tcp", k.addr.String())
 		if err != nil {
 			return nil, err
 		}
-		t := &tcpListener{b: b, key: k, ln: ln.(*net.TCPListener)}
-		b.tcpAcceptWG.Add(1)
-		go t.serve()
-		return t, nil
+		return &tcpListener{b: b, key: k, ln: ln.(*net.TCPListener)}, nil
 	}
 }
 

@@ -32,6 +32,11 @@ func newRedirectListener(b *Balancer, ln net.Listener) *redirectListener {
 
 func (r *redirectListener) rebind(bnd *binding) { r.cur.Store(bnd) }
 
+func (r *redirectListener) start() {
+	r.b.acceptWG.Add(1)
+	go r.serve()
+}
+
 // retire lets requests in flight finish; idle keep-alive connections close, which clients
 // treat as the normal end of a keep-alive.
 func (r *redirectListener) retire() {

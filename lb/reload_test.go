@@ -385,3 +385,40 @@ func TestStopEndsQuietUDPSessions(t *testing.T) {
 		t.Fatalf("stop took %v with one quiet UDP session (drain timeout 20s)", d)
 	}
 }
+
+// TestFailedApplyKeepsRetiringUDPSessions: a reload that would take back a removed UDP service
+// but fails on another listener must leave the removed service's open sessions working.
+func TestFailedApplyKeepsRetiringUDPSessions(t *testing.T) {
+	e := startUDPEcho(t, "u")
+	be := startBackend(t, "a")
+	web := testService(t, "web", be.addr())
+	stun := udpService(t, "stun", e.addr())
+	stun.UDPIdleTimeout = time.Minute
+	bal, _ := startBalancer(t, testConfig(web, stun))
+	sess := dialUDP(t, vipAddr(stun, 0))
+	if got := udpAsk(t, sess, "1"); got != "u:1" {
+		t.Fatalf("udp: %q", got)
+	}
+	if err := bal.Apply(testConfig(web)); err != nil { // stun removed: its session drains
+		t.Fatal(err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	clash := testService(t, "clash", be.addr())
+	clash.Ports[0].Listen = addrPort(busy.Addr()).Port()
+	if err := bal.Apply(testConfig(web, stun, clash)); err == nil {
+		t.Fatal("Apply with a port in use succeeded")
+	}
+	if got := udpAsk(t, sess, "2"); got != "u:2" {
+		t.Fatalf("the removed service's session after a failed reload: %q", got)
+	}
+	if err := bal.Apply(testConfig(web, stun)); err != nil {
+		t.Fatal(err)
+	}
+	if got := udpAsk(t, dialUDP(t, vipAddr(stun, 0)), "3"); got != "u:3" {
+		t.Fatalf("re-added UDP service, new client: %q", got)
+	}
+}

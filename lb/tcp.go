@@ -26,6 +26,11 @@ type tcpListener struct {
 
 func (l *tcpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
 
+func (l *tcpListener) start() {
+	l.b.tcpAcceptWG.Add(1)
+	go l.serve()
+}
+
 // retire stops the listener after it has accepted the connections already queued in its
 // backlog: closing it at once would reset them. A deadline in the past makes Accept return the
 // queued ones and then time out.

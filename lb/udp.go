@@ -81,6 +81,11 @@ func newUDPListener(b *Balancer, k listenerKey, c *net.UDPConn) (*udpListener, e
 
 func (l *udpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
 
+func (l *udpListener) start() {
+	l.b.acceptWG.Add(1)
+	go l.serve()
+}
+
 func (l *udpListener) retire() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
