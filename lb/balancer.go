@@ -45,6 +45,11 @@ type Balancer struct {
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
+	// proxies holds the open TCP connections, for the drain deadline. (A context.AfterFunc per
+	// connection did the same at several times the cost on the accept path.)
+	proxiesMu sync.Mutex
+	proxies   map[*tcpProxy]struct{}
+	forced    bool
 }
 
 // listenerKind separates listeners that may share an address but not a socket type.
@@ -104,6 +109,7 @@ func New(log *slog.Logger) *Balancer {
 		retiring:    map[listenerKey]*udpListener{},
 		force:       force,
 		forceCancel: cancel,
+		proxies:     map[*tcpProxy]struct{}{},
 	}
 }
 
@@ -307,6 +313,12 @@ func (b *Balancer) shutdown(drain time.Duration) {
 		b.log.Warn("drain timeout reached, closing open connections", "drain_timeout", drain)
 	}
 	b.forceCancel()
+	b.proxiesMu.Lock()
+	b.forced = true
+	for p := range b.proxies {
+		p.abort()
+	}
+	b.proxiesMu.Unlock()
 	b.mu.Lock()
 	for _, l := range b.listeners {
 		l.abort()
@@ -339,6 +351,24 @@ func (b *Balancer) server(vs, key string) (*service, *realServer, error) {
 		return nil, nil, fmt.Errorf("real server %q of virtual service %q: %w", key, vs, ErrNotFound)
 	}
 	return s, r, nil
+}
+
+// track registers an open connection so that the drain deadline can close it; it reports false
+// when that deadline has already passed.
+func (b *Balancer) track(p *tcpProxy) bool {
+	b.proxiesMu.Lock()
+	defer b.proxiesMu.Unlock()
+	if b.forced {
+		return false
+	}
+	b.proxies[p] = struct{}{}
+	return true
+}
+
+func (b *Balancer) untrack(p *tcpProxy) {
+	b.proxiesMu.Lock()
+	delete(b.proxies, p)
+	b.proxiesMu.Unlock()
 }
 
 // SourceFunc returns the box's own address on the directly connected subnet holding dst, and

@@ -109,7 +109,12 @@ func (p *tcpProxy) pipe(dst, src *net.TCPConn, total *atomic.Uint64) {
 			// exchange finds every byte.
 			total.Add(r.pending)
 			r.pending = 0
-			_ = dst.CloseWrite() // the peer sees this direction end; the other goes on
+			// The first direction to end half-closes, so the peer sees the end while the other
+			// direction goes on. The second needs no shutdown: both sockets close right after,
+			// which sends its FIN, and a shutdown costs as much as the close again.
+			if p.halfClosed.CompareAndSwap(false, true) {
+				_ = dst.CloseWrite()
+			}
 			return
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// Once per check period: publish the bytes, and close if neither direction has moved

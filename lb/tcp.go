@@ -98,8 +98,11 @@ func (b *Balancer) proxyTCP(client *net.TCPConn, bnd *binding) {
 		_ = client.SetKeepAliveConfig(keepAlive)
 	}
 	p := &tcpProxy{client: client, server: server, idle: svc.cfg.IdleTimeout, resetOnIdle: svc.cfg.ResetOnClose}
-	stop := context.AfterFunc(b.force, p.abort)
-	defer stop()
+	if !b.track(p) {
+		p.abort()
+		return
+	}
+	defer b.untrack(p)
 	if r != nil && svc.cfg.CloseOnDown {
 		stopDown := context.AfterFunc(r.downContext(), p.abort)
 		defer stopDown()
@@ -198,6 +201,7 @@ type tcpProxy struct {
 	moved          atomic.Uint64 // bytes relayed in both directions, for idleness
 	closeOnce      sync.Once
 	idled          atomic.Bool
+	halfClosed     atomic.Bool // one direction has ended
 }
 
 // relayRound is how often each direction of a connection publishes its byte counts and checks
