@@ -45,6 +45,11 @@ type Balancer struct {
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
+	// parker holds the quiet directions of TCP connections (nil if it could not be made).
+	parker     *parker
+	parkerStop chan struct{}
+	parkerDone chan struct{}
+
 	// proxies holds the open TCP connections, for the drain deadline. (A context.AfterFunc per
 	// connection did the same at several times the cost on the accept path.)
 	proxiesMu sync.Mutex
@@ -102,7 +107,7 @@ func New(log *slog.Logger) *Balancer {
 		log = slog.New(slog.DiscardHandler)
 	}
 	force, cancel := context.WithCancel(context.Background())
-	return &Balancer{
+	b := &Balancer{
 		log:         log,
 		services:    map[string]*service{},
 		listeners:   map[listenerKey]listener{},
@@ -111,6 +116,12 @@ func New(log *slog.Logger) *Balancer {
 		forceCancel: cancel,
 		proxies:     map[*tcpProxy]struct{}{},
 	}
+	if k, err := newParker(); err != nil {
+		log.Warn("idle connections will keep their goroutines", "err", err)
+	} else {
+		b.parker = k
+	}
+	return b
 }
 
 // ErrStopping is returned by Apply once the balancer has begun to stop.
@@ -257,6 +268,13 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 // gracefully (see Shutdown) with the configured drain timeout. It returns when every goroutine
 // the balancer started has ended.
 func (b *Balancer) Run(ctx context.Context) error {
+	if b.parker != nil {
+		b.parkerStop, b.parkerDone = make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(b.parkerDone)
+			b.parker.run(b.parkerStop)
+		}()
+	}
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	for {
@@ -329,6 +347,12 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	b.mu.Unlock()
 	<-done
 	b.acceptWG.Wait()
+	if b.parker != nil {
+		// Every connection has ended, so nothing is parked and nothing can park.
+		close(b.parkerStop)
+		<-b.parkerDone
+		b.parker.close()
+	}
 	b.log.Info("balancer stopped")
 }
 

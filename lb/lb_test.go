@@ -159,7 +159,7 @@ func startBalancer(t *testing.T, cfg *config.Config) (*Balancer, context.CancelF
 func checkNoBalancerGoroutines(t *testing.T) {
 	t.Helper()
 	markers := []string{"lb.(*tcpListener)", "lb.(*udpListener)", "lb.(*udpSession)", "lb.(*tcpProxy)",
-		"lb.(*Balancer)", "lb.(*redirectListener)"}
+		"lb.(*Balancer)", "lb.(*redirectListener)", "lb.(*relay)", "lb.(*parker)"}
 	var last string
 	for range 50 {
 		buf := make([]byte, 1<<20)
@@ -573,5 +573,78 @@ func TestSourceAddressesSpreadConnections(t *testing.T) {
 	}
 	if n[vs.SourceAddresses[0]] != 2 || n[vs.SourceAddresses[1]] != 2 {
 		t.Fatalf("sources seen by the real server: %v, want two connections from each alternate address", n)
+	}
+}
+
+// relayGoroutines counts the goroutines running a relay direction.
+func relayGoroutines() int {
+	buf := make([]byte, 4<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "lb.(*relay).resume") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestQuietConnectionsPark: quiet connections hold no goroutine (they park in the parker's
+// epoll set), wake up when data comes, and still time out when idle.
+func TestQuietConnectionsPark(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "sip", be.addr())
+	startBalancer(t, testConfig(vs))
+	var conns []net.Conn
+	var readers []*bufio.Reader
+	for range 20 {
+		c, err := net.Dial("tcp", vipAddr(vs, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		conns, readers = append(conns, c), append(readers, r)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for relayGoroutines() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := relayGoroutines(); n > 0 {
+		t.Fatalf("%d relay goroutines still running for 20 quiet connections", n)
+	}
+	for i, c := range conns {
+		msg := fmt.Sprintf("register %d\n", i)
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := readers[i].ReadString('\n'); err != nil || got != msg {
+			t.Fatalf("parked connection %d after waking: %q %v", i, got, err)
+		}
+	}
+}
+
+func TestParkedConnectionIdleTimeout(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "sip", be.addr())
+	vs.IdleTimeout = 1500 * time.Millisecond
+	startBalancer(t, testConfig(vs))
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(6 * time.Second))
+	start := time.Now()
+	all, err := io.ReadAll(c)
+	if err != nil || string(all) != "a\n" {
+		t.Fatalf("idle parked connection: read %q, %v", all, err)
+	}
+	if d := time.Since(start); d < 1400*time.Millisecond || d > 4*time.Second {
+		t.Fatalf("idle connection closed after %v, want about 1.5s", d)
 	}
 }

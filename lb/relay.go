@@ -78,27 +78,39 @@ type relay struct {
 	pipe                            *relayPipe
 	n                               int // bytes read, spliced in, or left to splice out
 	errno                           error
+
+	fd         int32  // src's descriptor, the parker's key
+	watched    bool   // fd is in the parker's epoll set
+	own        uint64 // bytes this direction has moved
+	ownAtCheck uint64 // own at the last check period
+	seen       uint64 // p.moved at the last check period
 }
 
-func (p *tcpProxy) pipe(dst, src *net.TCPConn, total *atomic.Uint64) {
-	r := relay{p: p, dst: dst, src: src, total: total}
+// newRelay prepares the direction src -> dst of p.
+func (p *tcpProxy) newRelay(dst, src *net.TCPConn, total *atomic.Uint64) (*relay, error) {
+	r := &relay{p: p, dst: dst, src: src, total: total}
 	r.readFn, r.spliceInFn, r.spliceOutFn = r.read, r.spliceIn, r.spliceOut
 	var err error
 	if r.srcRaw, err = src.SyscallConn(); err == nil {
 		r.dstRaw, err = dst.SyscallConn()
 	}
-	if err != nil {
-		p.close()
-		return
+	if err == nil {
+		err = r.srcRaw.Control(func(fd uintptr) { r.fd = int32(fd) })
 	}
-	defer func() { total.Add(r.pending) }()
+	return r, err
+}
 
-	check := relayRound
+// resume runs the direction until src ends, the connection closes or idles out, or the
+// direction has been quiet long enough to park (see park.go). It is the body of the
+// direction's goroutine, started anew each time the direction wakes up from parking.
+func (r *relay) resume() {
+	p := r.p
+	check := min(relayRound, parkAfter)
 	if p.idle > 0 && p.idle < check {
 		check = p.idle
 	}
-	seen, quietSince := p.moved.Load(), time.Now()
-	_ = src.SetReadDeadline(quietSince.Add(check))
+	r.ownAtCheck = r.own
+	_ = r.src.SetReadDeadline(time.Now().Add(check))
 	for {
 		err := r.copyOnce()
 		switch {
@@ -107,35 +119,56 @@ func (p *tcpProxy) pipe(dst, src *net.TCPConn, total *atomic.Uint64) {
 		case errors.Is(err, io.EOF):
 			// Count before the peer can see the end, so a reader of the counters after the
 			// exchange finds every byte.
-			total.Add(r.pending)
-			r.pending = 0
+			r.flush()
 			// The first direction to end half-closes, so the peer sees the end while the other
 			// direction goes on. The second needs no shutdown: both sockets close right after,
 			// which sends its FIN, and a shutdown costs as much as the close again.
 			if p.halfClosed.CompareAndSwap(false, true) {
-				_ = dst.CloseWrite()
+				_ = r.dst.CloseWrite()
 			}
+			r.finish()
 			return
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Once per check period: publish the bytes, and close if neither direction has moved
-			// any for the idle timeout.
+			// Once per check period: publish the bytes, close if neither direction has moved
+			// any for the idle timeout, and park if this one has moved none since the last check.
 			now := time.Now()
-			total.Add(r.pending)
-			r.pending = 0
-			if m := p.moved.Load(); m != seen {
-				seen, quietSince = m, now
+			r.flush()
+			if m := p.moved.Load(); m != r.seen {
+				r.seen = m
+				p.lastActive.Store(now.UnixNano())
 			}
-			if p.idle > 0 && now.Sub(quietSince) >= p.idle {
+			if p.idleSince(now) {
 				p.idled.Store(true)
 				p.close()
+				r.finish()
 				return
 			}
-			_ = src.SetReadDeadline(now.Add(check))
+			if r.own == r.ownAtCheck && p.parker != nil && p.parker.park(r) {
+				return // the parker resumes or finishes this direction
+			}
+			r.ownAtCheck = r.own
+			_ = r.src.SetReadDeadline(now.Add(check))
 		default:
 			// A reset, a closed socket or a write error: the other direction cannot go on.
 			p.close()
+			r.finish()
 			return
 		}
+	}
+}
+
+// flush publishes the bytes counted since the last flush.
+func (r *relay) flush() {
+	r.total.Add(r.pending)
+	r.pending = 0
+}
+
+// finish ends the direction; the second direction to finish releases the connection.
+func (r *relay) finish() {
+	r.flush()
+	if r.p.finished.Add(1) == 2 {
+		r.p.close()
+		r.p.release()
 	}
 }
 
@@ -188,6 +221,7 @@ func (r *relay) read(fd uintptr) bool {
 
 func (r *relay) count(n int) {
 	r.pending += uint64(n)
+	r.own += uint64(n)
 	r.p.moved.Add(uint64(n))
 }
 

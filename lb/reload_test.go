@@ -422,3 +422,39 @@ func TestFailedApplyKeepsRetiringUDPSessions(t *testing.T) {
 		t.Fatalf("re-added UDP service, new client: %q", got)
 	}
 }
+
+// TestRetiringListenerServesQueuedConnections: connections completed by the kernel but not yet
+// accepted when a listener retires (a stop, or a reload removing it) are served, not reset.
+func TestRetiringListenerServesQueuedConnections(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "web", be.addr())
+	bal, _ := startBalancer(t, testConfig(vs))
+	bnd := bal.listeners[listenerKey{kind: kindTCP, addr: netip.AddrPortFrom(vs.VIP, vs.Ports[0].Listen)}].(*tcpListener).cur.Load()
+
+	// A second listener of the same service that has not started accepting: connections to
+	// it wait in its backlog.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &tcpListener{b: bal, ln: ln.(*net.TCPListener)}
+	l.rebind(bnd)
+	var conns []net.Conn
+	for range 5 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	l.retire()
+	l.start()
+	for i, c := range conns {
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if g, err := bufio.NewReader(c).ReadString('\n'); err != nil || g != "a\n" {
+			t.Fatalf("queued connection %d: %q %v", i, g, err)
+		}
+		c.Close()
+	}
+}
