@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pairlb/pairlb/config"
 )
 
@@ -646,5 +648,28 @@ func TestParkedConnectionIdleTimeout(t *testing.T) {
 	}
 	if d := time.Since(start); d < 1400*time.Millisecond || d > 4*time.Second {
 		t.Fatalf("idle connection closed after %v, want about 1.5s", d)
+	}
+}
+
+// TestDialLeavesPortChoiceToConnect: a dial towards a real server must not reserve a local
+// port at bind time (that would cap the box at one ephemeral range of connections in all).
+func TestDialLeavesPortChoiceToConnect(t *testing.T) {
+	vs := testService(t, "x", netip.MustParseAddrPort("127.0.0.1:1"))
+	tcp, _ := dialers(&vs, &config.Global{DialTimeout: time.Second})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := tcp.DialTCP(context.Background(), "tcp", netip.AddrPort{}, addrPort(ln.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, _ := c.SyscallConn()
+	var v int
+	_ = raw.Control(func(fd uintptr) { v, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT) })
+	if err != nil || v != 1 {
+		t.Fatalf("IP_BIND_ADDRESS_NO_PORT = %d, %v; want 1", v, err)
 	}
 }

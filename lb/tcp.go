@@ -223,9 +223,8 @@ func dialers(vs *config.VirtualService, g *config.Global) (tcp, udp *net.Dialer)
 	if vs.TCPKeepalive {
 		tcp.KeepAliveConfig = keepAlive
 	}
-	if vs.Transparent {
-		tcp.Control, udp.Control = transparent, transparent
-	}
+	tcp.Control = dialControl(vs.Transparent)
+	udp.Control = dialControl(vs.Transparent)
 	return tcp, udp
 }
 
