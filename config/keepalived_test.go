@@ -144,7 +144,7 @@ func TestRenderKeepalivedAccepted(t *testing.T) {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("keepalived is not installed and CI=true forbids skipping this test")
 		}
-		t.Skip("keepalived is not installed")
+		t.Skip("keepalived is not installed (under CI=true this fails instead)")
 	}
 	netns.RequireRoot(t)
 	lab := netns.New()

@@ -437,10 +437,10 @@ func TestPairFailover(t *testing.T) {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("keepalived is not installed and CI=true forbids skipping this test")
 		}
-		t.Skip("keepalived is not installed")
+		t.Skip("keepalived is not installed (under CI=true this fails instead)")
 	}
 	if testing.Short() {
-		t.Skip("failover test takes about 30 s")
+		t.Skip("-short: the failover test takes about 30 s")
 	}
 	bin := buildPairlb(t)
 
