@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
@@ -68,33 +67,10 @@ func runBrowser(t *testing.T, ctx context.Context, what string, steps ...chromed
 	}
 }
 
-// listenOn starts a greeting TCP server on a loopback address of the caller's choice.
+// listenOn starts a TCP server on a loopback address of the caller's choice that greets with
+// that address.
 func listenOn(t *testing.T, ip string, port int) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(port)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", ip)
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return greetServer(t, net.JoinHostPort(ip, fmt.Sprint(port)), ip)
 }
 
 // pump sends n bytes through addr, half-closes and reads everything back.

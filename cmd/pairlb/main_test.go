@@ -16,10 +16,15 @@ import (
 	"time"
 )
 
-// echoServer greets each connection with its name and echoes until EOF.
+// echoServer greets each connection on a free loopback port with name and echoes until EOF.
 func echoServer(t *testing.T, name string) string {
+	return greetServer(t, "127.0.0.1:0", name)
+}
+
+// greetServer listens on addr, greets each connection with greeting and echoes until EOF.
+func greetServer(t *testing.T, addr, greeting string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +41,7 @@ func echoServer(t *testing.T, name string) string {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				fmt.Fprintf(c, "%s\n", name)
+				fmt.Fprintf(c, "%s\n", greeting)
 				_, _ = io.Copy(c, c)
 			}()
 		}
