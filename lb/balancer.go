@@ -265,7 +265,7 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 }
 
 // Run owns the balancer's lifetime: it does the periodic housekeeping and, when ctx ends, stops
-// gracefully (see Shutdown) with the configured drain timeout. It returns when every goroutine
+// gracefully (see shutdown) with the configured drain timeout. It returns when every goroutine
 // the balancer started has ended.
 func (b *Balancer) Run(ctx context.Context) error {
 	if b.parker != nil {

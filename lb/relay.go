@@ -233,27 +233,25 @@ func (r *relay) spliceBurst() error {
 		return nil // no pipe (descriptor limit): the buffered path carries on
 	}
 	r.pipe = pp
-	defer func() { r.pipe = nil }()
+	defer func() {
+		r.pipe = nil
+		pipePool.Put(pp) // empty: every exit below has drained it
+	}()
 	for {
 		if err := r.srcRaw.Read(r.spliceInFn); err != nil {
-			pipePool.Put(pp)
 			return err
 		}
 		n := r.n
 		switch {
 		case r.errno == unix.EAGAIN:
-			pipePool.Put(pp)
 			return nil
 		case r.errno != nil:
-			pipePool.Put(pp)
 			return os.NewSyscallError("splice", r.errno)
 		case n == 0:
-			pipePool.Put(pp)
 			return io.EOF
 		}
 		if err := r.emptyPipe(n); err != nil {
 			pp.drain()
-			pipePool.Put(pp)
 			return err
 		}
 		r.count(n)

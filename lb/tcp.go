@@ -14,8 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/pairlb/pairlb/config"
 )
 
 type tcpListener struct {
@@ -125,7 +123,9 @@ func (b *Balancer) proxyTCP(client *net.TCPConn, bnd *binding) {
 		return
 	}
 	st.active.Add(1)
-	server, r := b.dialServer(bnd, caddr)
+	server, r, _ := connect(b, bnd, caddr, func(local, to netip.AddrPort) (*net.TCPConn, error) {
+		return svc.tcpDialer.DialTCP(context.Background(), "tcp", local, to)
+	})
 	if server == nil {
 		if svc.cfg.UnavailableRedirect != "" {
 			serveUnavailable(client, svc.cfg.UnavailableRedirect)
@@ -170,84 +170,11 @@ func (b *Balancer) proxyTCP(client *net.TCPConn, bnd *binding) {
 
 var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
 
-// dialServer connects to a real server chosen by the service, trying the next one when a dial
-// fails, then to the sorry server. It returns the chosen real server (nil for the sorry server)
-// with its active count already taken, or a nil connection when nothing answered.
-func (b *Balancer) dialServer(bnd *binding, client netip.AddrPort) (*net.TCPConn, *realServer) {
-	svc, st := bnd.svc, bnd.svc.stats
-	var tried []*realServer
-	for {
-		r := svc.pick(client.Addr().Unmap(), tried)
-		if r == nil {
-			break
-		}
-		r.active.Add(1)
-		r.total.Add(1)
-		to := r.dialAddr(bnd.port)
-		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", b.sourceFor(svc, client, to.Addr()), to)
-		if err == nil {
-			return c, r
-		}
-		r.active.Add(-1)
-		b.log.Warn("dial failed", "virtual_service", svc.cfg.Name, "real_server", r.key, "err", err)
-		tried = append(tried, r)
-	}
-	if svc.cfg.HasSorryServer() {
-		addr := svc.cfg.SorryAddrPort(bnd.port)
-		c, err := svc.tcpDialer.DialTCP(context.Background(), "tcp", b.sourceFor(svc, client, addr.Addr()), addr)
-		if err == nil {
-			return c, nil
-		}
-		b.log.Warn("dial to sorry server failed", "virtual_service", svc.cfg.Name, "sorry_server", addr.String(), "err", err)
-	}
-	if len(tried) > 0 || svc.cfg.HasSorryServer() {
-		st.drop(DropDialFailed)
-	} else {
-		st.drop(DropNoServer)
-	}
-	return nil, nil
-}
-
-// release gives back the active count taken by dialServer.
+// release gives back the active count taken by connect.
 func (r *realServer) release(log *slog.Logger, vs string) {
 	if r.active.Add(-1) == 0 && State(r.state.Load()) == Draining {
 		log.Info("real server drained", "virtual_service", vs, "real_server", r.key)
 	}
-}
-
-// dialers build the service's dialers once: the timeout and keepalives come from the file,
-// the transparency option from the service; the source address is chosen per connection.
-func dialers(vs *config.VirtualService, g *config.Global) (tcp, udp *net.Dialer) {
-	tcp = &net.Dialer{Timeout: g.DialTimeout, KeepAlive: -1}
-	udp = &net.Dialer{}
-	if vs.TCPKeepalive {
-		tcp.KeepAliveConfig = keepAlive
-	}
-	tcp.Control = dialControl(vs.Transparent)
-	udp.Control = dialControl(vs.Transparent)
-	return tcp, udp
-}
-
-// localAddr is the source address of a connection to a real server: the client's own for a
-// transparent service, the next of the Alternate Source Addresses if the file lists some, and
-// otherwise none, so the kernel uses the box's address on the path to the server.
-func (s *service) localAddr(client netip.AddrPort) netip.AddrPort {
-	switch {
-	case s.cfg.Transparent:
-		return netip.AddrPortFrom(client.Addr().Unmap(), 0)
-	case len(s.cfg.SourceAddresses) > 0:
-		i := s.nextSource.Add(1) % uint32(len(s.cfg.SourceAddresses))
-		return netip.AddrPortFrom(s.cfg.SourceAddresses[i], 0)
-	}
-	return netip.AddrPort{}
-}
-
-// dialAddr is where a connection for the virtual-service port p goes on this server.
-func (r *realServer) dialAddr(p config.Port) netip.AddrPort {
-	if r.port != 0 {
-		return netip.AddrPortFrom(r.addr, r.port)
-	}
-	return netip.AddrPortFrom(r.addr, p.Target)
 }
 
 // tcpProxy copies bytes both ways between a client and a real server.

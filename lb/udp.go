@@ -231,41 +231,42 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 		st.drop(DropAccessDenied)
 		return nil
 	}
-	up, r := l.dialServer(bnd, client)
-	if up == nil {
+	// Checked again under the lock; this first look spares a flood of new clients beyond the
+	// bound a socket and a server choice each.
+	if st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions) {
+		st.drop(DropUDPTableFull)
 		return nil
 	}
-	raw, err := up.SyscallConn()
-	if err != nil {
+	up, r, ok := connect(l.b, bnd, client, func(local, to netip.AddrPort) (*net.UDPConn, error) {
+		return svc.udpDialer.DialUDP(context.Background(), "udp", local, to)
+	})
+	if !ok {
+		return nil
+	}
+	reject := func(reason DropReason) *udpSession {
 		_ = up.Close()
 		if r != nil {
 			r.active.Add(-1)
 		}
-		st.drop(DropUDPSendFailed)
+		st.drop(reason)
 		return nil
+	}
+	raw, err := up.SyscallConn()
+	if err != nil {
+		return reject(DropUDPSendFailed)
 	}
 	s := &udpSession{l: l, client: client, up: up, upRaw: raw, svc: svc, server: r}
 	s.readFn = s.readOnce
 	s.last.Store(time.Now().UnixNano())
 
 	l.mu.Lock()
-	if l.retired {
+	switch {
+	case l.retired:
 		l.mu.Unlock()
-		_ = up.Close()
-		if r != nil {
-			r.active.Add(-1)
-		}
-		st.drop(DropServiceClosed)
-		return nil
-	}
-	if st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions) {
+		return reject(DropServiceClosed)
+	case st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions):
 		l.mu.Unlock()
-		_ = up.Close()
-		if r != nil {
-			r.active.Add(-1)
-		}
-		st.drop(DropUDPTableFull)
-		return nil
+		return reject(DropUDPTableFull)
 	}
 	l.sessions[client] = s
 	st.udpSessions.Add(1)
@@ -277,40 +278,6 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 
 	go s.relayReplies()
 	return s
-}
-
-func (l *udpListener) dialServer(bnd *binding, client netip.AddrPort) (*net.UDPConn, *realServer) {
-	svc, st := bnd.svc, bnd.svc.stats
-	var tried []*realServer
-	dial := func(to netip.AddrPort) (*net.UDPConn, error) {
-		return svc.udpDialer.DialUDP(context.Background(), "udp", l.b.sourceFor(svc, client, to.Addr()), to)
-	}
-	for {
-		r := svc.pick(client.Addr().Unmap(), tried)
-		if r == nil {
-			break
-		}
-		r.active.Add(1)
-		r.total.Add(1)
-		c, err := dial(r.dialAddr(bnd.port))
-		if err == nil {
-			return c, r
-		}
-		r.active.Add(-1)
-		l.b.log.Warn("udp dial failed", "virtual_service", svc.cfg.Name, "real_server", r.key, "err", err)
-		tried = append(tried, r)
-	}
-	if svc.cfg.HasSorryServer() {
-		if c, err := dial(svc.cfg.SorryAddrPort(bnd.port)); err == nil {
-			return c, nil
-		}
-	}
-	if len(tried) > 0 {
-		st.drop(DropDialFailed)
-	} else {
-		st.drop(DropNoServer)
-	}
-	return nil, nil
 }
 
 // replyBatches are the buffers sessions read replies into. A session takes one only when a
