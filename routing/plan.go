@@ -352,6 +352,22 @@ func planTransparency(cfg *config.Config, links []Link, vips map[netip.Addr]bool
 // It is false when dst is on no connected subnet of the box. The VIPs of cfg and host prefixes
 // are never returned, even when keepalived added a VIP with the subnet's prefix.
 func SourceFor(cfg *config.Config, links []Link, dst netip.Addr) (netip.Addr, bool) {
+	return NewSources(cfg, links).Lookup(dst)
+}
+
+// Sources is SourceFor prepared once for a configuration and a snapshot of the links, for
+// lookups on every new connection.
+type Sources []Source
+
+// Source is one connected subnet of the box and the box's own address on it.
+type Source struct {
+	Subnet netip.Prefix
+	Own    netip.Addr
+}
+
+// NewSources lists the box's connected subnets in link order, leaving out VIPs and host
+// prefixes.
+func NewSources(cfg *config.Config, links []Link) Sources {
 	vips := map[netip.Addr]bool{}
 	if cfg != nil {
 		for _, vs := range cfg.VirtualServices {
@@ -360,8 +376,26 @@ func SourceFor(cfg *config.Config, links []Link, dst netip.Addr) (netip.Addr, bo
 	}
 	links = slices.Clone(links)
 	slices.SortFunc(links, func(a, b Link) int { return cmp.Compare(a.Index, b.Index) })
-	_, own, ok := connectedOn(links, dst.Unmap(), vips)
-	return own.Addr(), ok
+	var out Sources
+	for _, l := range links {
+		for _, a := range l.Addrs {
+			if connected(a, vips) {
+				out = append(out, Source{Subnet: a.Masked(), Own: a.Addr()})
+			}
+		}
+	}
+	return out
+}
+
+// Lookup returns the box's own address on the first subnet that holds dst.
+func (s Sources) Lookup(dst netip.Addr) (netip.Addr, bool) {
+	dst = dst.Unmap()
+	for _, src := range s {
+		if src.Own != dst && src.Subnet.Contains(dst) {
+			return src.Own, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // connected reports whether a is one of the box's own addresses with a connected subnet: not

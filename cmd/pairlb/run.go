@@ -82,9 +82,11 @@ type daemon struct {
 	lb     *lb.Balancer
 	health *health.Monitor
 	routes *routing.Manager // nil when routing is off (no privilege and nothing to route)
-	// linkReader only reads the box's links when routing is off; links is the latest snapshot.
+	// linkReader only reads the box's links when routing is off; links is the latest snapshot,
+	// sources the subnet_originating table made from it.
 	linkReader *routing.Manager
 	links      atomic.Pointer[[]routing.Link]
+	sources    atomic.Pointer[routing.Sources]
 
 	reg     *prometheus.Registry // everything /metrics exports; see admin_metrics.go
 	metrics *daemonMetrics
@@ -118,7 +120,12 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
-	keepLinks := routing.WithLinksHook(func(l []routing.Link) { d.links.Store(&l) })
+	keepLinks := routing.WithLinksHook(func(l []routing.Link) {
+		d.links.Store(&l)
+		if cfg := d.lb.Config(); cfg != nil { // nil during the first apply, which updates itself
+			d.updateSources(cfg)
+		}
+	})
 	if netAdmin() {
 		d.routes = routing.New(h, log, keepLinks)
 	} else if needsRouting(cfg) {
@@ -160,6 +167,7 @@ func (d *daemon) apply(cfg *config.Config) error {
 		d.restoreRoutes()
 		return err
 	}
+	d.updateSources(cfg)
 	targets := healthTargets(cfg, d.subnetSource)
 	d.health.Set(targets)
 	d.metrics.setTargets(targets)
@@ -167,7 +175,7 @@ func (d *daemon) apply(cfg *config.Config) error {
 }
 
 func (d *daemon) restoreRoutes() {
-	if d.routes == nil || d.cfg == nil || d.lb.Config() == nil {
+	if d.routes == nil || d.lb.Config() == nil {
 		return
 	}
 	if err := d.routes.Set(d.lb.Config()); err != nil {
@@ -280,14 +288,21 @@ func healthTargets(cfg *config.Config, subnetSource lb.SourceFunc) []health.Targ
 
 var errNeedsNetAdmin = errors.New("the configuration sets default gateways, transparent services or manage_addresses, which need CAP_NET_ADMIN; run as root or with that capability")
 
-// subnetSource is the box's own address on dst's subnet, from the latest snapshot of the links
-// (subnet_originating).
-func (d *daemon) subnetSource(dst netip.Addr) (netip.Addr, bool) {
-	l := d.links.Load()
-	if l == nil {
-		return netip.Addr{}, false
+// updateSources rebuilds the subnet_originating table from the latest links and cfg.
+func (d *daemon) updateSources(cfg *config.Config) {
+	if l := d.links.Load(); l != nil {
+		src := routing.NewSources(cfg, *l)
+		d.sources.Store(&src)
 	}
-	return routing.SourceFor(d.lb.Config(), *l, dst)
+}
+
+// subnetSource is the box's own address on dst's subnet (subnet_originating). It runs for
+// every new connection of such a service, so it only reads the prepared table.
+func (d *daemon) subnetSource(dst netip.Addr) (netip.Addr, bool) {
+	if s := d.sources.Load(); s != nil {
+		return s.Lookup(dst)
+	}
+	return netip.Addr{}, false
 }
 
 func needsRouting(cfg *config.Config) bool {
