@@ -673,3 +673,35 @@ func TestDialLeavesPortChoiceToConnect(t *testing.T) {
 		t.Fatalf("IP_BIND_ADDRESS_NO_PORT = %d, %v; want 1", v, err)
 	}
 }
+
+// TestBytesCountedWhileOpen: byte counters move while a long connection is still open, not
+// only when it closes (a SIP connection lives for hours).
+func TestBytesCountedWhileOpen(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "sip", be.addr())
+	bal, _ := startBalancer(t, testConfig(vs))
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := strings.Repeat("x", 1000)
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 2+len(msg))); err != nil { // greeting + echo
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		st := bal.Status()[0]
+		if st.BytesIn == 1000 && st.BytesOut == 1002 && st.Active == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("open connection: bytes in %d out %d, active %d; want 1000, 1002 and 1 before it closes", st.BytesIn, st.BytesOut, st.Active)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
