@@ -51,9 +51,6 @@ import (
 // ExampleName is the example the lab runs.
 const ExampleName = "lync2013-single-pair.yaml"
 
-// labDrainTimeout bounds global.drain_timeout in the lab.
-const labDrainTimeout = 2 * time.Second
-
 // Options configure a lab run.
 type Options struct {
 	// Binary is the pairlb binary run inside the lab (`run` in the box, `lab-agent` for the
@@ -127,9 +124,6 @@ func mappedExample(change func(*config.Config)) (*config.Config, []byte, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	// pairlb drains UDP sessions like connections on SIGTERM, and the STUN probes' sessions stay
-	// until their 60s idle timeout: the lab's shutdown would wait the whole drain timeout.
-	mapped.Global.DrainTimeout = min(mapped.Global.DrainTimeout, labDrainTimeout)
 	if change != nil {
 		change(mapped)
 	}
@@ -141,7 +135,6 @@ func mappedExample(change func(*config.Config)) (*config.Config, []byte, error) 
 	}
 	header.WriteString("manage_addresses and use_default_route_only on; the pair section left out: the lab\n")
 	header.WriteString("runs one box, which adds the VIPs itself (no keepalived).\n")
-	fmt.Fprintf(&header, "drain_timeout at most %s, so that the lab stops quickly.\n", dur(labDrainTimeout))
 	text := Render(mapped, header.String())
 	cfg, err := config.Parse("lab.yaml", text)
 	if err != nil {
