@@ -7,8 +7,8 @@
 #   sudo ./scripts/lab.sh --clean    remove labs left by --keep (or by a killed run)
 #
 # It needs iproute2 and nftables (the `ip` and `nft` commands) and installs them with apt-get when
-# they are missing. Ctrl-C removes the lab: `go run` passes the interrupt to pairlb, which cleans
-# up before it exits.
+# they are missing. Ctrl-C or a SIGTERM removes the lab: the script builds pairlb and becomes it
+# (exec), so signals reach the lab itself (`go run` would not pass SIGTERM on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -27,4 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-exec go run ./cmd/pairlb lab "$@"
+bin="${TMPDIR:-/tmp}/pairlb-lab-build/pairlb"
+mkdir -p "$(dirname "$bin")"
+go build -o "$bin" ./cmd/pairlb
+exec "$bin" lab "$@"
