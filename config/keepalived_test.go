@@ -146,13 +146,7 @@ func TestRenderKeepalivedAccepted(t *testing.T) {
 		}
 		t.Skip("keepalived is not installed (under CI=true this fails instead)")
 	}
-	netns.RequireRoot(t)
-	lab := netns.New()
-	t.Cleanup(func() {
-		if err := lab.Cleanup(); err != nil {
-			t.Error(err)
-		}
-	})
+	lab := netns.ForTest(t)
 	ns, err := lab.Namespace("ka")
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package routing
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -51,24 +50,14 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	plbns.RequireRoot(t)
-	l := &lab{lab: plbns.New()}
-	t.Cleanup(func() {
-		if err := l.lab.Cleanup(); err != nil {
-			t.Errorf("lab cleanup: %v", err)
-		}
-	})
+	l := &lab{lab: plbns.ForTest(t)}
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	ns := func(name string) *plbns.NS {
-		n, err := l.lab.Namespace(name)
-		must(err)
-		return n
-	}
+	ns := func(name string) *plbns.NS { return l.lab.MustNamespace(t, name) }
 	l.sw, l.box, l.router, l.clientN = ns("sw"), ns("box"), ns("rtr"), ns("cli")
 
 	attach, err := l.sw.Bridge("br0")
@@ -126,38 +115,15 @@ func (l *lab) firewall(t *testing.T) {
 // counter reads the packet counter of the router's rule with the given comment.
 func (l *lab) counter(t *testing.T, comment string) uint64 {
 	t.Helper()
-	out, err := l.router.Run(context.Background(), "nft", "-j", "list", "chain", "inet", "plbtest", "forward")
+	m, err := l.router.NFTCounters(context.Background(), "inet", "plbtest")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var doc struct {
-		Nftables []struct {
-			Rule *struct {
-				Comment string            `json:"comment"`
-				Expr    []json.RawMessage `json:"expr"`
-			} `json:"rule"`
-		} `json:"nftables"`
+	n, ok := m[comment]
+	if !ok {
+		t.Fatalf("no counter with comment %q on the router: %v", comment, m)
 	}
-	if err := json.Unmarshal(out, &doc); err != nil {
-		t.Fatalf("parsing nft output: %v\n%s", err, out)
-	}
-	for _, o := range doc.Nftables {
-		if o.Rule == nil || o.Rule.Comment != comment {
-			continue
-		}
-		for _, e := range o.Rule.Expr {
-			var c struct {
-				Counter *struct {
-					Packets uint64 `json:"packets"`
-				} `json:"counter"`
-			}
-			if json.Unmarshal(e, &c) == nil && c.Counter != nil {
-				return c.Counter.Packets
-			}
-		}
-	}
-	t.Fatalf("no counter with comment %q on the router:\n%s", comment, out)
-	return 0
+	return n
 }
 
 // echo serves a line echo on [::]:echoPort inside the box until the test ends.

@@ -23,13 +23,7 @@ import (
 // (preferred_lft 0), which rule 3 ranks below the box's own address; one added by someone else
 // without that is chosen.
 func TestSourceAddressTowardsRealServers(t *testing.T) {
-	plbns.RequireRoot(t)
-	lab := plbns.New()
-	t.Cleanup(func() {
-		if err := lab.Cleanup(); err != nil {
-			t.Errorf("lab cleanup: %v", err)
-		}
-	})
+	lab := plbns.ForTest(t)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {

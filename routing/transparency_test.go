@@ -196,24 +196,14 @@ type tlab struct {
 
 func newTransparencyLab(t *testing.T) *tlab {
 	t.Helper()
-	plbns.RequireRoot(t)
-	l := &tlab{lab: plbns.New()}
-	t.Cleanup(func() {
-		if err := l.lab.Cleanup(); err != nil {
-			t.Errorf("lab cleanup: %v", err)
-		}
-	})
+	l := &tlab{lab: plbns.ForTest(t)}
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	ns := func(name string) *plbns.NS {
-		n, err := l.lab.Namespace(name)
-		must(err)
-		return n
-	}
+	ns := func(name string) *plbns.NS { return l.lab.MustNamespace(t, name) }
 	l.client, l.box, l.server = ns("tcli"), ns("tbox"), ns("tsrv")
 	must(l.lab.Veth(l.box, "cli0", l.client, "eth0"))
 	must(l.lab.Veth(l.box, "srv0", l.server, "eth0"))

@@ -444,19 +444,8 @@ func TestPairFailover(t *testing.T) {
 	}
 	bin := buildPairlb(t)
 
-	lab := netns.New()
-	t.Cleanup(func() {
-		if err := lab.Cleanup(); err != nil {
-			t.Error(err)
-		}
-	})
-	mk := func(short string) *netns.NS {
-		ns, err := lab.Namespace(short)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ns
-	}
+	lab := netns.ForTest(t)
+	mk := func(short string) *netns.NS { return lab.MustNamespace(t, short) }
 	br, cli, srv := mk("br"), mk("cli"), mk("srv")
 	front, err := br.Bridge("front")
 	if err != nil {

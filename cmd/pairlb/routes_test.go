@@ -35,13 +35,7 @@ virtual_services:
 // TestRoutesCommandInNamespace runs `pairlb routes` inside a namespace of its own: show before
 // anything is installed, apply, show again (no difference), flush (nothing left).
 func TestRoutesCommandInNamespace(t *testing.T) {
-	plbns.RequireRoot(t)
-	lab := plbns.New()
-	t.Cleanup(func() {
-		if err := lab.Cleanup(); err != nil {
-			t.Errorf("lab cleanup: %v", err)
-		}
-	})
+	lab := plbns.ForTest(t)
 	box, err := lab.Namespace("rbox")
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -74,40 +73,5 @@ func installRuleset(ctx context.Context, ns *netns.NS, dir, ruleset string) erro
 
 // counters reads the packet counters of the lab's table in a namespace, by rule comment.
 func counters(ctx context.Context, ns *netns.NS) (map[string]uint64, error) {
-	out, err := ns.Run(ctx, "nft", "-j", "list", "table", "inet", nftTable)
-	if err != nil {
-		return nil, err
-	}
-	return parseCounters(out)
-}
-
-func parseCounters(out []byte) (map[string]uint64, error) {
-	var doc struct {
-		Nftables []struct {
-			Rule *struct {
-				Comment string            `json:"comment"`
-				Expr    []json.RawMessage `json:"expr"`
-			} `json:"rule"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal(out, &doc); err != nil {
-		return nil, fmt.Errorf("parsing nft output: %w", err)
-	}
-	m := map[string]uint64{}
-	for _, o := range doc.Nftables {
-		if o.Rule == nil || o.Rule.Comment == "" {
-			continue
-		}
-		for _, e := range o.Rule.Expr {
-			var c struct {
-				Counter *struct {
-					Packets uint64 `json:"packets"`
-				} `json:"counter"`
-			}
-			if json.Unmarshal(e, &c) == nil && c.Counter != nil {
-				m[o.Rule.Comment] += c.Counter.Packets
-			}
-		}
-	}
-	return m, nil
+	return ns.NFTCounters(ctx, "inet", nftTable)
 }

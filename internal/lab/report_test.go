@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/internal/netns"
 )
 
 func TestJudge(t *testing.T) {
@@ -97,7 +98,7 @@ func TestParseCounters(t *testing.T) {
   {"counter": {"packets": 9, "bytes": 7822}}, {"drop": null}]}},
 {"rule": {"family": "inet", "table": "plblab", "chain": "forward", "comment": "from 198.18.0.20:443/tcp", "expr": [
   {"counter": {"packets": 64, "bytes": 19528}}]}}]}`
-	got, err := parseCounters([]byte(out))
+	got, err := netns.ParseNFTCounters([]byte(out))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ package netns
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -358,4 +359,77 @@ func RequireRoot(t TB) {
 		t.Fatal("test needs root (network namespaces) and CI=true forbids skipping it")
 	}
 	t.Skip("test needs root (network namespaces)")
+}
+
+// TestingT is the part of testing.TB that ForTest and MustNamespace use.
+type TestingT interface {
+	TB
+	Cleanup(func())
+	Errorf(format string, args ...any)
+}
+
+// ForTest returns a Lab for one test: the test needs root (see RequireRoot), and everything the
+// lab made is removed when the test ends.
+func ForTest(t TestingT) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	l := New()
+	t.Cleanup(func() {
+		if err := l.Cleanup(); err != nil {
+			t.Errorf("lab cleanup: %v", err)
+		}
+	})
+	return l
+}
+
+// MustNamespace is Namespace for tests: an error ends the test.
+func (l *Lab) MustNamespace(t TB, short string) *NS {
+	t.Helper()
+	n, err := l.Namespace(short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// NFTCounters reads the packet counters of an nftables table in the namespace, summed by rule
+// comment: the lab's routers and the tests' routers count reply paths this way.
+func (n *NS) NFTCounters(ctx context.Context, family, table string) (map[string]uint64, error) {
+	out, err := n.Run(ctx, "nft", "-j", "list", "table", family, table)
+	if err != nil {
+		return nil, err
+	}
+	return ParseNFTCounters(out)
+}
+
+// ParseNFTCounters sums the packet counters of `nft -j list` output by rule comment.
+func ParseNFTCounters(out []byte) (map[string]uint64, error) {
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Comment string            `json:"comment"`
+				Expr    []json.RawMessage `json:"expr"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, fmt.Errorf("parsing nft output: %w", err)
+	}
+	m := map[string]uint64{}
+	for _, o := range doc.Nftables {
+		if o.Rule == nil || o.Rule.Comment == "" {
+			continue
+		}
+		for _, e := range o.Rule.Expr {
+			var c struct {
+				Counter *struct {
+					Packets uint64 `json:"packets"`
+				} `json:"counter"`
+			}
+			if json.Unmarshal(e, &c) == nil && c.Counter != nil {
+				m[o.Rule.Comment] += c.Counter.Packets
+			}
+		}
+	}
+	return m, nil
 }
