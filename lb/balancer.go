@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,16 +46,10 @@ type Balancer struct {
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
-	// parker holds the quiet directions of TCP connections (nil if it could not be made).
-	parker     *parker
-	parkerStop chan struct{}
-	parkerDone chan struct{}
-
-	// proxies holds the open TCP connections, for the drain deadline. (A context.AfterFunc per
-	// connection did the same at several times the cost on the accept path.)
-	proxiesMu sync.Mutex
-	proxies   map[*tcpProxy]struct{}
-	forced    bool
+	// loops carry the TCP connections (loop.go), one per usable CPU; Run runs them.
+	loops   []*loop
+	loopErr error // why the loops could not be made; Apply reports it
+	loopWG  sync.WaitGroup
 }
 
 // listenerKind separates listeners that may share an address but not a socket type.
@@ -114,12 +109,17 @@ func New(log *slog.Logger) *Balancer {
 		retiring:    map[listenerKey]*udpListener{},
 		force:       force,
 		forceCancel: cancel,
-		proxies:     map[*tcpProxy]struct{}{},
 	}
-	if k, err := newParker(); err != nil {
-		log.Warn("idle connections will keep their goroutines", "err", err)
-	} else {
-		b.parker = k
+	// One loop per CPU the process may use: a proxy pinned to one core gets one loop and no
+	// locks contended; Go's own GOMAXPROCS follows the same CPU affinity.
+	for range runtime.GOMAXPROCS(0) {
+		lp, err := newLoop()
+		if err != nil {
+			b.loopErr = err
+			break
+		}
+		lp.onTick(lp.sweepConns)
+		b.loops = append(b.loops, lp)
 	}
 	return b
 }
@@ -135,6 +135,9 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 	defer b.mu.Unlock()
 	if b.stopping {
 		return ErrStopping
+	}
+	if b.loopErr != nil {
+		return fmt.Errorf("the balancer cannot carry TCP: %w", b.loopErr)
 	}
 
 	services := make(map[string]*service, len(cfg.VirtualServices))
@@ -256,11 +259,11 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 		}
 		return newRedirectListener(b, ln), nil
 	default:
-		ln, err := lc.Listen(context.Background(), "tcp", k.addr.String())
+		fd, err := listenTCP(k.addr)
 		if err != nil {
 			return nil, err
 		}
-		return &tcpListener{b: b, key: k, ln: ln.(*net.TCPListener)}, nil
+		return &tcpListener{b: b, key: k, fd: fd}, nil
 	}
 }
 
@@ -268,11 +271,11 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 // gracefully (see shutdown) with the configured drain timeout. It returns when every goroutine
 // the balancer started has ended.
 func (b *Balancer) Run(ctx context.Context) error {
-	if b.parker != nil {
-		b.parkerStop, b.parkerDone = make(chan struct{}), make(chan struct{})
+	for _, lp := range b.loops {
+		b.loopWG.Add(1)
 		go func() {
-			defer close(b.parkerDone)
-			b.parker.run(b.parkerStop)
+			defer b.loopWG.Done()
+			lp.run()
 		}()
 	}
 	tick := time.NewTicker(10 * time.Second)
@@ -331,12 +334,9 @@ func (b *Balancer) shutdown(drain time.Duration) {
 		b.log.Warn("drain timeout reached, closing open connections", "drain_timeout", drain)
 	}
 	b.forceCancel()
-	b.proxiesMu.Lock()
-	b.forced = true
-	for p := range b.proxies {
-		p.abort()
+	for _, lp := range b.loops {
+		lp.post(lp.closeConns)
 	}
-	b.proxiesMu.Unlock()
 	b.mu.Lock()
 	for _, l := range b.listeners {
 		l.abort()
@@ -347,11 +347,12 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	b.mu.Unlock()
 	<-done
 	b.acceptWG.Wait()
-	if b.parker != nil {
-		// Every connection has ended, so nothing is parked and nothing can park.
-		close(b.parkerStop)
-		<-b.parkerDone
-		b.parker.close()
+	for _, lp := range b.loops {
+		lp.post(lp.stop)
+	}
+	b.loopWG.Wait()
+	for _, lp := range b.loops {
+		lp.close()
 	}
 	b.log.Info("balancer stopped")
 }
@@ -375,24 +376,6 @@ func (b *Balancer) server(vs, key string) (*service, *realServer, error) {
 		return nil, nil, fmt.Errorf("real server %q of virtual service %q: %w", key, vs, ErrNotFound)
 	}
 	return s, r, nil
-}
-
-// track registers an open connection so that the drain deadline can close it; it reports false
-// when that deadline has already passed.
-func (b *Balancer) track(p *tcpProxy) bool {
-	b.proxiesMu.Lock()
-	defer b.proxiesMu.Unlock()
-	if b.forced {
-		return false
-	}
-	b.proxies[p] = struct{}{}
-	return true
-}
-
-func (b *Balancer) untrack(p *tcpProxy) {
-	b.proxiesMu.Lock()
-	delete(b.proxies, p)
-	b.proxiesMu.Unlock()
 }
 
 // SourceFunc returns the box's own address on the directly connected subnet holding dst, and

@@ -7,56 +7,87 @@ import (
 	"github.com/pairlb/pairlb/config"
 )
 
-// connect opens the connection (TCP) or connected socket (UDP) of a new client: to the real
-// server the service chooses, to the next one when a dial fails, and to the sorry server when
-// none answers. It returns the real server with its active count taken (nil for the sorry
-// server), or ok false when nothing answered, counted as no_server or dial_failed.
-func connect[C any](b *Balancer, bnd *binding, client netip.AddrPort, dial func(local, to netip.AddrPort) (C, error)) (conn C, server *realServer, ok bool) {
-	svc, st := bnd.svc, bnd.svc.stats
-	var tried []*realServer
-	for {
-		r := svc.pick(client.Addr().Unmap(), tried)
-		if r == nil {
-			break
-		}
-		r.active.Add(1)
-		to := r.dialAddr(bnd.port)
-		c, err := dial(b.sourceFor(svc, client, to.Addr()), to)
-		if err == nil {
-			r.total.Add(1)
-			return c, r, true
-		}
-		r.active.Add(-1)
-		b.log.Warn("dial failed", "virtual_service", svc.cfg.Name, "real_server", r.key, "err", err)
-		tried = append(tried, r)
-	}
-	if svc.cfg.HasSorryServer() {
-		to := svc.cfg.SorryAddrPort(bnd.port)
-		c, err := dial(b.sourceFor(svc, client, to.Addr()), to)
-		if err == nil {
-			return c, nil, true
-		}
-		b.log.Warn("dial to sorry server failed", "virtual_service", svc.cfg.Name, "sorry_server", to.String(), "err", err)
-	}
-	if len(tried) > 0 || svc.cfg.HasSorryServer() {
-		st.drop(DropDialFailed)
-	} else {
-		st.drop(DropNoServer)
-	}
-	return conn, nil, false
+// dialPlan walks the destinations of a new client's connection: the real server the service
+// chooses, the next one each time a dial fails, then the sorry server. TCP dials on a loop
+// follow it one asynchronous attempt at a time; UDP (connect) follows it at once.
+type dialPlan struct {
+	b      *Balancer
+	bnd    *binding
+	client netip.AddrPort
+	tried  []*realServer
+	cur    *realServer // the server of the attempt under way; nil for the sorry server
+	sorry  bool        // the sorry server has been tried
 }
 
-// dialers build the service's dialers once: the timeout and keepalives come from the file,
-// the transparency option from the service; the source address is chosen per connection.
-func dialers(vs *config.VirtualService, g *config.Global) (tcp, udp *net.Dialer) {
-	tcp = &net.Dialer{Timeout: g.DialTimeout, KeepAlive: -1}
-	udp = &net.Dialer{}
-	if vs.TCPKeepalive {
-		tcp.KeepAliveConfig = keepAlive
+// next returns the next destination and the local address to leave from, with the real
+// server's active count taken; ok false means none is left, and the drop has been counted.
+func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
+	svc := p.bnd.svc
+	if !p.sorry {
+		if r := svc.pick(p.client.Addr().Unmap(), p.tried); r != nil {
+			r.active.Add(1)
+			p.cur = r
+			to = r.dialAddr(p.bnd.port)
+			return p.b.sourceFor(svc, p.client, to.Addr()), to, true
+		}
 	}
-	tcp.Control = dialControl(vs.Transparent)
-	udp.Control = dialControl(vs.Transparent)
-	return tcp, udp
+	p.cur = nil
+	if svc.cfg.HasSorryServer() && !p.sorry {
+		p.sorry = true
+		to = svc.cfg.SorryAddrPort(p.bnd.port)
+		return p.b.sourceFor(svc, p.client, to.Addr()), to, true
+	}
+	if len(p.tried) > 0 || svc.cfg.HasSorryServer() {
+		svc.stats.drop(DropDialFailed)
+	} else {
+		svc.stats.drop(DropNoServer)
+	}
+	return netip.AddrPort{}, netip.AddrPort{}, false
+}
+
+// failed records that the attempt to "to" failed.
+func (p *dialPlan) failed(to netip.AddrPort, err error) {
+	name := p.bnd.svc.cfg.Name
+	if r := p.cur; r != nil {
+		r.active.Add(-1)
+		p.tried = append(p.tried, r)
+		p.b.log.Warn("dial failed", "virtual_service", name, "real_server", r.key, "err", err)
+		return
+	}
+	p.b.log.Warn("dial to sorry server failed", "virtual_service", name, "sorry_server", to.String(), "err", err)
+}
+
+// succeeded records that the attempt under way connected and returns its real server (nil for
+// the sorry server), whose active count the connection now holds.
+func (p *dialPlan) succeeded() *realServer {
+	if p.cur != nil {
+		p.cur.total.Add(1)
+	}
+	return p.cur
+}
+
+// connect opens the connected socket of a new UDP client, following the dial plan. It
+// returns the real server with its active count taken (nil for the sorry server), or ok false
+// when nothing answered, counted as no_server or dial_failed.
+func connect[C any](b *Balancer, bnd *binding, client netip.AddrPort, dial func(local, to netip.AddrPort) (C, error)) (conn C, server *realServer, ok bool) {
+	p := dialPlan{b: b, bnd: bnd, client: client}
+	for {
+		local, to, ok := p.next()
+		if !ok {
+			return conn, nil, false
+		}
+		c, err := dial(local, to)
+		if err == nil {
+			return c, p.succeeded(), true
+		}
+		p.failed(to, err)
+	}
+}
+
+// udpDialer builds the service's dialer for UDP sessions once: the transparency option comes
+// from the service; the source address is chosen per session.
+func udpDialer(vs *config.VirtualService) *net.Dialer {
+	return &net.Dialer{Control: dialControl(vs.Transparent)}
 }
 
 // localAddr is the source address of a connection to a real server: the client's own for a

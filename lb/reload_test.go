@@ -3,6 +3,7 @@ package lb
 import (
 	"bufio"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/http"
@@ -432,24 +433,28 @@ func TestRetiringListenerServesQueuedConnections(t *testing.T) {
 	bnd := bal.listeners[listenerKey{kind: kindTCP, addr: netip.AddrPortFrom(vs.VIP, vs.Ports[0].Listen)}].(*tcpListener).cur.Load()
 
 	// A second listener of the same service that has not started accepting: connections to
-	// it wait in its backlog.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// it wait in its backlog until the listener starts and at once retires.
+	fd, err := listenTCP(netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &tcpListener{b: bal, ln: ln.(*net.TCPListener)}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &tcpListener{b: bal, fd: fd}
 	l.rebind(bnd)
 	var conns []net.Conn
 	for range 5 {
-		c, err := net.Dial("tcp", ln.Addr().String())
+		c, err := net.Dial("tcp", addrPortOf(sa).String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		conns = append(conns, c)
 	}
-	l.retire()
 	l.start()
+	l.retire()
 	for i, c := range conns {
 		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 		if g, err := bufio.NewReader(c).ReadString('\n'); err != nil || g != "a\n" {

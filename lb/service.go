@@ -59,13 +59,12 @@ type service struct {
 	stats   *serviceStats
 
 	nextSource atomic.Uint32 // round robin over cfg.SourceAddresses
-	tcpDialer  *net.Dialer
 	udpDialer  *net.Dialer
 }
 
 func newService(vs config.VirtualService, g *config.Global, old *service) *service {
 	s := &service{cfg: vs, sched: newScheduler(vs.Scheduler), byKey: make(map[string]*realServer, len(vs.RealServers))}
-	s.tcpDialer, s.udpDialer = dialers(&vs, g)
+	s.udpDialer = udpDialer(&vs)
 	if old != nil {
 		s.stats = old.stats
 	} else {

@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"net"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -62,11 +61,4 @@ func setsockopt(network string, c syscall.RawConn, level4, opt4, level6, opt6 in
 		return err
 	}
 	return serr
-}
-
-// reset closes c with an RST instead of a FIN, so the peer learns at once that the connection
-// is gone (TCP refusal, "Reset on Close").
-func reset(c *net.TCPConn) {
-	_ = c.SetLinger(0)
-	_ = c.Close()
 }

@@ -3,8 +3,7 @@ package lb
 import (
 	"bufio"
 	"context"
-	"errors"
-	"golang.org/x/sys/unix"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,222 +13,688 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
+// tcpListener is a listening socket served by every loop of the balancer: each loop watches it
+// (EPOLLEXCLUSIVE, so a new connection wakes one loop rather than all) and takes the
+// connections it accepts onto itself.
 type tcpListener struct {
-	b       *Balancer
-	key     listenerKey
-	ln      *net.TCPListener
-	cur     atomic.Pointer[binding]
-	retired atomic.Bool
+	b   *Balancer
+	key listenerKey
+	fd  int
+	cur atomic.Pointer[binding]
+
+	// mu keeps accept and close apart: a loop must never accept on a descriptor number that
+	// abort has closed, since the kernel may already have given it to another listener.
+	mu       sync.Mutex
+	started  bool
+	closed   bool
+	retired  bool
+	watching int // loops that have not yet stopped watching after retire
+	finished sync.Once
+}
+
+// acceptBatch bounds the connections one loop accepts per wakeup, so that a flood of new
+// connections does not starve the open ones; the listener stays ready and wakes it again.
+const acceptBatch = 64
+
+// maxBacklog asks for the longest accept queue; the kernel caps it at net.core.somaxconn.
+const maxBacklog = 65535
+
+// listenTCP opens a listening socket on addr, also when the box does not hold addr yet (see
+// freebind).
+func listenTCP(addr netip.AddrPort) (int, error) {
+	sa, family := sockaddr(addr)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	opts := [][3]int{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
+		// Accepted sockets inherit it: Nagle off on both legs (Microsoft asks it for the Edge).
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+		{unix.IPPROTO_IP, unix.IP_FREEBIND, 1},
+	}
+	if family == unix.AF_INET6 {
+		opts[2] = [3]int{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}
+		opts = append(opts, [3]int{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1})
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	if err := unix.Listen(fd, maxBacklog); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return fd, nil
 }
 
 func (l *tcpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
 
 func (l *tcpListener) start() {
+	l.mu.Lock()
+	l.started = true
+	l.watching = len(l.b.loops)
+	l.mu.Unlock()
 	l.b.tcpAcceptWG.Add(1)
-	go l.serve()
+	for _, lp := range l.b.loops {
+		lp.post(func() { l.watch(lp) })
+	}
 }
 
-// retire stops the listener after it has accepted the connections already queued in its
-// backlog: closing it at once would reset them. A deadline in the past makes Accept return the
-// queued ones and then time out.
+func (l *tcpListener) watch(lp *loop) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.retired {
+		return
+	}
+	if err := lp.add(l.fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, l, 0); err != nil {
+		l.b.log.Error("listener not served", "listener", l.key.String(), "err", err)
+	}
+}
+
+// retire stops the listener after each loop has accepted the connections queued in its
+// backlog: closing it at once would reset them.
 func (l *tcpListener) retire() {
-	l.retired.Store(true)
-	_ = l.ln.SetDeadline(time.Unix(1, 0))
-}
-
-func (l *tcpListener) abort() { _ = l.ln.Close() }
-
-func (l *tcpListener) serve() {
-	defer l.b.tcpAcceptWG.Done()
-	var backoff time.Duration
-	for {
-		c, err := l.ln.AcceptTCP()
-		if err != nil {
-			if l.retired.Load() {
-				for _, c := range l.drainBacklog() {
-					l.handle(c)
-				}
-				_ = l.ln.Close()
-				return
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of descriptors or memory: wait a little rather than spin, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.b.log.Warn("accept failed", "listener", l.key.String(), "err", err, "retry_in", backoff)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
-		l.handle(c)
+	l.mu.Lock()
+	l.retired = true
+	l.mu.Unlock()
+	for _, lp := range l.b.loops {
+		lp.post(func() { l.unwatch(lp) })
 	}
 }
 
-func (l *tcpListener) handle(c *net.TCPConn) {
-	l.b.connWG.Add(1) // before shutdown's Wait: shutdown waits for this loop to end first
-	bnd := l.cur.Load()
-	bnd.accepted.accepted.Add(1)
-	bnd.svc.stats.accepted.Add(1)
-	go l.b.proxyTCP(c, bnd)
+func (l *tcpListener) unwatch(lp *loop) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		for l.acceptSome(lp) {
+		}
+		lp.remove(l.fd)
+	}
+	l.watching--
+	if l.watching == 0 {
+		l.closeLocked()
+	}
 }
 
-// drainBacklog accepts, without waiting, the connections already queued on a retiring
-// listener: closing the listener would reset them, and Accept past its deadline no longer
-// tries.
-func (l *tcpListener) drainBacklog() []*net.TCPConn {
-	rc, err := l.ln.SyscallConn()
-	if err != nil {
-		return nil
+// abort closes the socket now: a successor needs the address.
+func (l *tcpListener) abort() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closeLocked()
+	for _, lp := range l.b.loops {
+		fd := l.fd
+		lp.post(func() { lp.forgetIf(fd, l) })
 	}
-	var fds []int
-	_ = rc.Control(func(fd uintptr) {
-		for {
-			nfd, _, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return
-			}
-			fds = append(fds, nfd)
-		}
-	})
-	var conns []*net.TCPConn
-	for _, fd := range fds {
-		f := os.NewFile(uintptr(fd), "accepted")
-		c, err := net.FileConn(f) // a duplicate of fd, in Go's poller
-		f.Close()
-		if tc, ok := c.(*net.TCPConn); ok && err == nil {
-			conns = append(conns, tc)
-		} else if c != nil {
-			c.Close()
-		}
-	}
-	return conns
 }
 
-// proxyTCP serves one client connection from accept until its relay runs; the relay's
-// directions release the connection when both have ended.
-func (b *Balancer) proxyTCP(client *net.TCPConn, bnd *binding) {
+func (l *tcpListener) closeLocked() {
+	if !l.closed {
+		l.closed = true
+		unix.Close(l.fd)
+	}
+	if l.started {
+		l.finished.Do(l.b.tcpAcceptWG.Done)
+	}
+}
+
+func (l *tcpListener) handle(lp *loop, _ int8, _ uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.acceptSome(lp)
+	}
+}
+
+// acceptSome accepts up to acceptBatch connections onto lp; it reports whether more may be
+// queued.
+func (l *tcpListener) acceptSome(lp *loop) bool {
+	for range acceptBatch {
+		fd, sa, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch err {
+		case nil:
+			l.b.acceptTCP(lp, fd, sa, l.cur.Load())
+		case unix.EINTR, unix.ECONNABORTED:
+		case unix.EAGAIN:
+			return false
+		default:
+			// Out of descriptors or memory: stop watching for a while rather than spin on a
+			// listener that stays ready, as HAProxy does.
+			l.b.log.Warn("accept failed", "listener", l.key.String(), "err", err, "retry_in", acceptPause)
+			lp.remove(l.fd)
+			time.AfterFunc(acceptPause, func() { lp.post(func() { l.watch(lp) }) })
+			return false
+		}
+	}
+	return true
+}
+
+const acceptPause = 100 * time.Millisecond
+
+// A tcpConn is one proxied connection: the client's socket, accepted by a loop, and the socket
+// towards the real server, dialled without blocking from the same loop. Only that loop touches
+// it.
+type tcpConn struct {
+	lp   *loop
+	b    *Balancer
+	bnd  *binding
+	plan dialPlan
+	real *realServer // nil until connected, and for the sorry server
+
+	fd    [2]int // by side; -1 when not open
+	ready [2]uint8
+	dir   [2]direction // [sideClient]: client to server, [sideServer]: server to client
+
+	dialTo                         netip.AddrPort
+	dialing, closed, idled, queued bool
+	reset                          bool  // close with RST
+	lastActive, dialDeadline       int64 // unix ns
+	idx                            int   // in lp.conns
+	stopDown                       func() bool
+}
+
+// Sides of a connection, and directions: direction d reads side d and writes the other.
+const (
+	sideClient = 0
+	sideServer = 1
+)
+
+// Readiness of a side, from the edge-triggered events.
+const (
+	canRead    uint8 = 1 << iota
+	canWrite         // cleared when a write would block, set by the next EPOLLOUT
+	peerClosed       // the peer has sent FIN or RST: read until the end, never assume drained
+)
+
+// connEvents: every event, edge-triggered, so a socket is registered once and never modified.
+const connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+
+// direction is one way of a connection. Bytes are read into the loop's scratch buffer and
+// written out at once; only what the destination does not take is kept, in a pooled buffer.
+// A read that fills the scratch buffer means bulk data: the direction then moves by splice(2)
+// through a pooled pipe until the source would block (HAProxy's splice-auto).
+type direction struct {
+	pend     *[]byte // bytes read but not yet written, [off:end]
+	off, end int
+	pipe     *relayPipe
+	inPipe   int // bytes in the pipe not yet written
+	bulk     bool
+	eof      bool // the source has ended
+	done     bool // ended and the destination told (shut down or about to close)
+	total    *atomic.Uint64
+}
+
+func (h *direction) pending() bool { return h.end > h.off || h.inPipe > 0 }
+
+// roundBudget bounds the bytes one direction moves per wakeup, so that a bulk transfer does not
+// starve the loop's other connections; the loop continues it next round.
+const roundBudget = 1 << 20
+
+// acceptTCP takes a new client connection onto lp and starts dialling its real server.
+func (b *Balancer) acceptTCP(lp *loop, fd int, sa unix.Sockaddr, bnd *binding) {
 	svc, st := bnd.svc, bnd.svc.stats
-	caddr := addrPort(client.RemoteAddr())
-	if !svc.allowed(caddr.Addr()) {
+	bnd.accepted.accepted.Add(1)
+	st.accepted.Add(1)
+	client := addrPortOf(sa)
+	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied)
-		reset(client)
-		b.connWG.Done()
+		resetFD(fd)
 		return
 	}
+	b.connWG.Add(1) // before shutdown's Wait: shutdown waits for the loops to stop accepting
 	st.active.Add(1)
-	server, r, _ := connect(b, bnd, caddr, func(local, to netip.AddrPort) (*net.TCPConn, error) {
-		return svc.tcpDialer.DialTCP(context.Background(), "tcp", local, to)
-	})
-	if server == nil {
-		if svc.cfg.UnavailableRedirect != "" {
-			serveUnavailable(client, svc.cfg.UnavailableRedirect)
-		} else {
-			reset(client)
-		}
-		st.active.Add(-1)
-		b.connWG.Done()
-		return
-	}
+	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, idx: len(lp.conns)}
+	c.plan = dialPlan{b: b, bnd: bnd, client: client}
+	c.dir[sideClient].total, c.dir[sideServer].total = &st.bytesIn, &st.bytesOut
+	c.ready[sideClient] = canWrite
+	lp.conns = append(lp.conns, c)
 	if svc.cfg.TCPKeepalive {
-		_ = client.SetKeepAliveConfig(keepAlive)
+		setKeepalive(fd)
 	}
-	p := &tcpProxy{client: client, server: server, idle: svc.cfg.IdleTimeout, resetOnIdle: svc.cfg.ResetOnClose, parker: b.parker}
-	p.lastActive.Store(time.Now().UnixNano())
-	var stopDown func() bool
-	p.release = func() {
-		if stopDown != nil {
-			stopDown()
-		}
-		b.untrack(p)
-		if r != nil {
-			r.release(b.log, svc.cfg.Name)
-		}
-		st.active.Add(-1)
-		b.connWG.Done()
-	}
-	c2s, err1 := p.newRelay(server, client, &st.bytesIn)
-	s2c, err2 := p.newRelay(client, server, &st.bytesOut)
-	if err1 != nil || err2 != nil || !b.track(p) {
-		p.close()
-		p.release()
+	if err := lp.add(fd, connEvents, c, sideClient); err != nil {
+		b.log.Warn("connection dropped", "virtual_service", svc.cfg.Name, "err", err)
+		c.reset = true
+		c.close()
 		return
 	}
-	p.c2s, p.s2c = c2s, s2c
-	if r != nil && svc.cfg.CloseOnDown {
-		stopDown = context.AfterFunc(r.downContext(), p.abort)
-	}
-	go p.s2c.resume()
-	p.c2s.resume()
+	c.dialNext()
 }
 
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
-
-// release gives back the active count taken by connect.
-func (r *realServer) release(log *slog.Logger, vs string) {
-	if r.active.Add(-1) == 0 && State(r.state.Load()) == Draining {
-		log.Info("real server drained", "virtual_service", vs, "real_server", r.key)
-	}
-}
-
-// tcpProxy copies bytes both ways between a client and a real server.
-type tcpProxy struct {
-	client, server *net.TCPConn
-	c2s, s2c       *relay
-	parker         *parker       // nil: directions never park
-	release        func()        // after both directions have finished
-	idle           time.Duration // 0: no idle timeout
-	resetOnIdle    bool
-	moved          atomic.Uint64 // bytes relayed in both directions, for idleness
-	lastActive     atomic.Int64  // unix ns of the last check period that saw bytes move
-	finished       atomic.Int32  // directions that have ended
-	closed         atomic.Bool
-	closeOnce      sync.Once
-	idled          atomic.Bool
-	halfClosed     atomic.Bool // one direction has ended
-}
-
-// idleSince reports whether the connection has reached its idle timeout at now.
-func (p *tcpProxy) idleSince(now time.Time) bool {
-	return p.idle > 0 && now.Sub(time.Unix(0, p.lastActive.Load())) >= p.idle
-}
-
-func (p *tcpProxy) isClosed() bool { return p.closed.Load() }
-
-// relayRound bounds how often a busy direction of a connection publishes its byte counts and
-// checks for idleness; a quiet direction parks (park.go) and wakes up no more.
-const relayRound = 30 * time.Second
-
-// close closes both sockets; a parked direction is finished here, since no goroutine of its
-// own is left to notice.
-func (p *tcpProxy) close() {
-	p.closeOnce.Do(func() {
-		p.closed.Store(true)
-		if p.idled.Load() && p.resetOnIdle {
-			reset(p.client)
-			reset(p.server)
-		} else {
-			_ = p.client.Close()
-			_ = p.server.Close()
-		}
-		if p.parker == nil {
+// dialNext starts a connection to the next destination of the dial plan, or gives up on the
+// client when none is left.
+func (c *tcpConn) dialNext() {
+	for {
+		local, to, ok := c.plan.next()
+		if !ok {
+			c.unavailable()
 			return
 		}
-		for _, r := range []*relay{p.c2s, p.s2c} {
-			if r != nil && p.parker.unpark(r) {
-				r.finish()
+		fd, err := dialTCP(local, to, c.bnd.svc.cfg.Transparent, c.bnd.svc.cfg.TCPKeepalive)
+		if err == nil {
+			if err = c.lp.add(fd, connEvents, c, sideServer); err == nil {
+				c.fd[sideServer], c.dialTo, c.dialing = fd, to, true
+				c.ready[sideServer] = 0
+				c.dialDeadline = 0
+				if d := c.bnd.global.DialTimeout; d > 0 {
+					c.dialDeadline = c.lp.now + int64(d)
+				}
+				return
 			}
+			unix.Close(fd)
 		}
-	})
+		c.plan.failed(to, err)
+	}
 }
 
-// abort closes both sides at the drain deadline.
-func (p *tcpProxy) abort() { p.close() }
+// dialFailed abandons the attempt under way and tries the next destination.
+func (c *tcpConn) dialFailed(err error) {
+	fd := c.fd[sideServer]
+	c.lp.forget(fd)
+	unix.Close(fd)
+	c.fd[sideServer], c.dialing = -1, false
+	c.plan.failed(c.dialTo, err)
+	c.dialNext()
+}
+
+// unavailable answers a client no server took: an HTTP redirect where the service has one
+// (the appliance's "Not Available Redirection"), a reset otherwise.
+func (c *tcpConn) unavailable() {
+	redirect := c.bnd.svc.cfg.UnavailableRedirect
+	if redirect == "" {
+		c.reset = true
+		c.close()
+		return
+	}
+	fd := c.fd[sideClient]
+	c.lp.remove(fd) // the duplicate FileConn makes would keep it in the epoll set
+	f := os.NewFile(uintptr(fd), "client")
+	nc, err := net.FileConn(f)
+	f.Close()
+	c.fd[sideClient] = -1
+	if tc, ok := nc.(*net.TCPConn); ok && err == nil {
+		c.b.connWG.Add(1)
+		go func() {
+			defer c.b.connWG.Done()
+			serveUnavailable(tc, redirect)
+		}()
+	} else if nc != nil {
+		nc.Close()
+	}
+	c.close()
+}
+
+func (c *tcpConn) handle(_ *loop, side int8, ev uint32) {
+	if c.closed {
+		return
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.ready[side] |= canRead
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.ready[side] |= peerClosed
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.ready[side] |= canWrite
+	}
+	if c.dialing {
+		if side != sideServer {
+			return // the client's bytes wait in its socket until the server answers
+		}
+		if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			err, _ := unix.GetsockoptInt(c.fd[sideServer], unix.SOL_SOCKET, unix.SO_ERROR)
+			c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, unix.Errno(err)))
+			return
+		}
+		if ev&unix.EPOLLOUT == 0 {
+			return
+		}
+		c.connected()
+	}
+	c.pump()
+}
+
+func (c *tcpConn) connected() {
+	c.dialing = false
+	c.real = c.plan.succeeded()
+	if c.real != nil && c.bnd.svc.cfg.CloseOnDown {
+		lp := c.lp
+		c.stopDown = context.AfterFunc(c.real.downContext(), func() { lp.post(c.close) })
+	}
+}
+
+// pump moves what can move in both directions without waiting, and closes the connection once
+// both have ended.
+func (c *tcpConn) pump() {
+	if c.closed || c.dialing {
+		return
+	}
+	if !c.move(sideClient) || !c.move(sideServer) {
+		return
+	}
+	if c.dir[sideClient].done && c.dir[sideServer].done {
+		c.close()
+	}
+}
+
+// move relays direction d until its source would block, its destination is full, the source
+// has ended or the round's budget is spent. It reports false when it closed the connection.
+func (c *tcpConn) move(d int) bool {
+	h := &c.dir[d]
+	src, dst := d, 1-d
+	for budget := roundBudget; ; {
+		if h.pending() {
+			if c.ready[dst]&canWrite == 0 {
+				return true // EPOLLOUT on dst resumes
+			}
+			if err := c.flush(h, dst); err != nil {
+				c.close()
+				return false
+			}
+			if h.pending() {
+				return true
+			}
+		}
+		if h.eof {
+			if !h.done {
+				h.done = true
+				// The first direction to end half-closes, so the peer sees the end while the
+				// other direction goes on; after the second, both sockets close at once.
+				if !c.dir[dst].done {
+					_ = unix.Shutdown(c.fd[dst], unix.SHUT_WR)
+				}
+			}
+			return true
+		}
+		if c.ready[src]&canRead == 0 {
+			return true
+		}
+		if budget <= 0 {
+			c.lp.continueLater(c)
+			return true
+		}
+		n, err := c.fill(h, src, dst)
+		if err != nil {
+			c.close()
+			return false
+		}
+		budget -= n
+	}
+}
+
+// fill reads what src has (or splices it into the pipe) and writes it to dst at once. It
+// returns the bytes read; an end of src sets eof.
+func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
+	if h.bulk && h.pipe == nil {
+		h.pipe, _ = pipePool.Get().(*relayPipe)
+		h.bulk = h.pipe != nil // no pipe (descriptor limit): the buffered path carries on
+	}
+	var n int
+	var err error
+	if h.bulk {
+		var m int64
+		m, err = unix.Splice(c.fd[src], nil, h.pipe.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n = int(m)
+		if err == unix.EAGAIN {
+			// Quiet again: the (empty) pipe goes back, and small messages take the buffer.
+			pipePool.Put(h.pipe)
+			h.pipe, h.bulk = nil, false
+		}
+	} else {
+		n, err = unix.Read(c.fd[src], c.lp.scratch)
+	}
+	switch {
+	case err == unix.EAGAIN:
+		c.ready[src] &^= canRead
+		return 0, nil
+	case err == unix.EINTR:
+		return 0, nil
+	case err != nil:
+		return 0, err
+	case n == 0:
+		h.eof = true
+		return 0, nil
+	}
+	h.total.Add(uint64(n)) // counted before the peer can see it, for readers of the counters
+	c.lastActive = c.lp.now
+	if h.bulk {
+		h.inPipe = n
+		return n, c.flush(h, dst)
+	}
+	if n == len(c.lp.scratch) {
+		h.bulk = true
+	} else if c.ready[src]&peerClosed == 0 {
+		// A short read drained the socket: data arriving after it raises a new edge. (After
+		// FIN or RST no edge is due, so then the read goes on until it sees the end.)
+		c.ready[src] &^= canRead
+	}
+	w, err := unix.Write(c.fd[dst], c.lp.scratch[:n])
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		w = 0
+	case err != nil:
+		return n, err
+	}
+	if w < n {
+		c.ready[dst] &^= canWrite
+		h.pend = bufPool.Get().(*[]byte)
+		h.off, h.end = 0, copy(*h.pend, c.lp.scratch[w:n])
+	}
+	return n, nil
+}
+
+// flush writes what direction h holds to dst until it is empty or dst would block.
+func (c *tcpConn) flush(h *direction, dst int) error {
+	fd := c.fd[dst]
+	for h.inPipe > 0 {
+		m, err := unix.Splice(h.pipe.r, nil, fd, nil, h.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch err {
+		case nil:
+			h.inPipe -= int(m)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			c.ready[dst] &^= canWrite
+			return nil
+		default:
+			return err
+		}
+	}
+	for h.end > h.off {
+		w, err := unix.Write(fd, (*h.pend)[h.off:h.end])
+		switch err {
+		case nil:
+			h.off += w
+		case unix.EINTR:
+		case unix.EAGAIN:
+			c.ready[dst] &^= canWrite
+			return nil
+		default:
+			return err
+		}
+	}
+	if h.pend != nil {
+		bufPool.Put(h.pend)
+		h.pend, h.off, h.end = nil, 0, 0
+	}
+	return nil
+}
+
+// close closes both sockets and gives back everything the connection holds.
+func (c *tcpConn) close() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	reset := c.reset || (c.idled && c.bnd.svc.cfg.ResetOnClose)
+	for side, fd := range c.fd {
+		if fd < 0 {
+			continue
+		}
+		c.lp.forget(fd)
+		if reset {
+			resetFD(fd)
+		} else {
+			unix.Close(fd)
+		}
+		c.fd[side] = -1
+	}
+	for d := range c.dir {
+		h := &c.dir[d]
+		if h.pipe != nil {
+			if h.inPipe > 0 {
+				h.pipe.drain()
+			}
+			pipePool.Put(h.pipe)
+			h.pipe = nil
+		}
+		if h.pend != nil {
+			bufPool.Put(h.pend)
+			h.pend = nil
+		}
+	}
+	if c.stopDown != nil {
+		c.stopDown()
+	}
+	if c.dialing && c.plan.cur != nil {
+		c.plan.cur.active.Add(-1) // the attempt under way held it
+	}
+	if c.real != nil {
+		c.real.release(c.b.log, c.bnd.svc.cfg.Name)
+	}
+	c.bnd.svc.stats.active.Add(-1)
+	c.lp.dropConn(c)
+	c.b.connWG.Done()
+}
+
+// continueLater has the loop pump c again next round, after the other connections' events.
+func (lp *loop) continueLater(c *tcpConn) {
+	if !c.queued {
+		c.queued = true
+		lp.again = append(lp.again, c)
+	}
+}
+
+func (lp *loop) dropConn(c *tcpConn) {
+	last := lp.conns[len(lp.conns)-1]
+	lp.conns[c.idx], last.idx = last, c.idx
+	lp.conns[len(lp.conns)-1] = nil
+	lp.conns = lp.conns[:len(lp.conns)-1]
+}
+
+// sweepConns ends dials that have timed out and connections idle for their service's idle
+// timeout. It walks backwards, since closing a connection moves the last one into its place.
+func (lp *loop) sweepConns(now int64) {
+	for i := len(lp.conns) - 1; i >= 0; i-- {
+		if i >= len(lp.conns) {
+			continue // a failed dial closed more than one
+		}
+		c := lp.conns[i]
+		switch idle := c.bnd.svc.cfg.IdleTimeout; {
+		case c.dialing:
+			if c.dialDeadline > 0 && now >= c.dialDeadline {
+				c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
+			}
+		case idle > 0 && now-c.lastActive >= int64(idle):
+			c.idled = true
+			c.close()
+		}
+	}
+}
+
+// closeConns closes every open connection: the drain deadline has passed.
+func (lp *loop) closeConns() {
+	for len(lp.conns) > 0 {
+		lp.conns[len(lp.conns)-1].close()
+	}
+}
+
+// dialTCP starts a non-blocking connection to "to" from local (if valid), for a transparent
+// service from the client's own address.
+func dialTCP(local, to netip.AddrPort, transparent, keepalive bool) (int, error) {
+	sa, family := sockaddr(to)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	fail := func(what string, err error) (int, error) {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return fail("setsockopt TCP_NODELAY", err)
+	}
+	if transparent {
+		lvl, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if family == unix.AF_INET6 {
+			lvl, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if err := unix.SetsockoptInt(fd, lvl, opt, 1); err != nil {
+			return fail("setsockopt IP_TRANSPARENT", err)
+		}
+	}
+	if keepalive {
+		setKeepalive(fd)
+	}
+	if local.IsValid() {
+		// The port is chosen at connect, per destination, not at bind, where it would have to
+		// be unique for the whole box and cap the balancer at one ephemeral range in all.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			return fail("setsockopt IP_BIND_ADDRESS_NO_PORT", err)
+		}
+		lsa, _ := sockaddr(local)
+		if err := unix.Bind(fd, lsa); err != nil {
+			return fail("bind "+local.String(), err)
+		}
+	}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		return fail("connect "+to.String(), err)
+	}
+	return fd, nil
+}
+
+// keepAlive: a dead peer of an idle connection is found within about two minutes.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
+
+func setKeepalive(fd int) {
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
+}
+
+// resetFD closes fd with an RST instead of a FIN, so the peer learns at once that the
+// connection is gone (TCP refusal, "Reset on Close").
+func resetFD(fd int) {
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	unix.Close(fd)
+}
+
+func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
+	a := ap.Addr().Unmap()
+	if a.Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}, unix.AF_INET
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}, unix.AF_INET6
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
 
 // serveUnavailable answers an HTTP client with a redirect when the service has no server: the
 // appliance's "Not Available Redirection".
@@ -247,6 +712,13 @@ func serveUnavailable(c *net.TCPConn, template string) {
 		Close:  true,
 	}
 	_ = resp.Write(c)
+}
+
+// release gives back the active count taken by the dial plan.
+func (r *realServer) release(log *slog.Logger, vs string) {
+	if r.active.Add(-1) == 0 && State(r.state.Load()) == Draining {
+		log.Info("real server drained", "virtual_service", vs, "real_server", r.key)
+	}
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

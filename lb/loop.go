@@ -1,0 +1,202 @@
+package lb
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The forwarding plane runs on event loops, as HAProxy and nginx do: one goroutine per loop
+// waits on an epoll set holding the listening sockets and both sockets of every open
+// connection, and moves bytes when the kernel says a socket is ready. A goroutine per
+// connection direction, parked in Go's poller, costs its stack, a scheduler round trip per
+// message and Go's poller bookkeeping (getsockname, getpeername, epoll_ctl on every open and
+// close) on every new connection; a connection on a loop costs a small struct and two slots in
+// a table, however long it stays quiet.
+//
+// A loop owns everything registered on it: only the loop's goroutine reads or writes a
+// connection's state. Other goroutines hand work over with post.
+
+// fdHandler is what a registered descriptor belongs to: a listener or a connection. side tells
+// a connection which of its two sockets the events are for.
+type fdHandler interface {
+	handle(lp *loop, side int8, events uint32)
+}
+
+// loopTick bounds how late a loop notices dial timeouts and idle connections.
+const loopTick = 250 * time.Millisecond
+
+// fdEntry is one registered descriptor. gen, carried in the epoll event, tells an event for a
+// descriptor from one for an earlier socket that had the same number.
+type fdEntry struct {
+	h    fdHandler
+	side int8
+	gen  int32
+}
+
+type loop struct {
+	epfd, wakefd int
+
+	// Only the loop's goroutine touches the fields below, up to mu.
+	fds     []fdEntry
+	gen     int32
+	conns   []*tcpConn // open connections, for timeouts and the drain deadline
+	again   []*tcpConn // connections that stopped early for fairness, to continue next round
+	now     int64      // unix nanoseconds, read once per round
+	scratch []byte     // read buffer, shared by every connection of the loop
+	tickers []func(now int64)
+
+	mu      sync.Mutex
+	tasks   []func()
+	woken   bool // a wakeup is pending on wakefd
+	stopped bool
+}
+
+func newLoop() (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("creating an epoll set: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("creating an eventfd: %w", err)
+	}
+	lp := &loop{epfd: epfd, wakefd: wakefd, scratch: make([]byte, relayBuffer)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		lp.close()
+		return nil, fmt.Errorf("watching the eventfd: %w", err)
+	}
+	return lp, nil
+}
+
+// add registers fd for events on behalf of h.
+func (lp *loop) add(fd int, events uint32, h fdHandler, side int8) error {
+	for fd >= len(lp.fds) {
+		lp.fds = append(lp.fds, make([]fdEntry, max(len(lp.fds), 64))...)
+	}
+	lp.gen++
+	lp.fds[fd] = fdEntry{h: h, side: side, gen: lp.gen}
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: lp.gen}
+	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		lp.fds[fd] = fdEntry{}
+		return fmt.Errorf("adding descriptor %d to the epoll set: %w", fd, err)
+	}
+	return nil
+}
+
+// forget drops fd's entry. Closing a descriptor takes it out of the epoll set by itself (no
+// epoll_ctl needed) as long as no duplicate of it is open.
+func (lp *loop) forget(fd int) {
+	if fd >= 0 && fd < len(lp.fds) {
+		lp.fds[fd] = fdEntry{}
+	}
+}
+
+// forgetIf drops fd's entry if it still belongs to h.
+func (lp *loop) forgetIf(fd int, h fdHandler) {
+	if fd >= 0 && fd < len(lp.fds) && lp.fds[fd].h == h {
+		lp.fds[fd] = fdEntry{}
+	}
+}
+
+// remove takes fd out of the epoll set while it stays open.
+func (lp *loop) remove(fd int) {
+	lp.forget(fd)
+	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+// post runs f on the loop's goroutine. Tasks posted after the loop stopped are dropped.
+func (lp *loop) post(f func()) {
+	lp.mu.Lock()
+	if lp.stopped {
+		lp.mu.Unlock()
+		return
+	}
+	lp.tasks = append(lp.tasks, f)
+	wake := !lp.woken
+	lp.woken = true
+	lp.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		_, _ = unix.Write(lp.wakefd, one[:])
+	}
+}
+
+// onTick runs f on every tick of the loop, at least every loopTick.
+func (lp *loop) onTick(f func(now int64)) { lp.tickers = append(lp.tickers, f) }
+
+// run serves events until stop is posted.
+func (lp *loop) run() {
+	events := make([]unix.EpollEvent, 256)
+	nextTick := time.Now().Add(loopTick).UnixNano()
+	for {
+		timeout := int((nextTick - lp.now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+		if len(lp.again) > 0 || timeout < 0 {
+			timeout = 0
+		}
+		n, err := unix.EpollWait(lp.epfd, events, timeout)
+		if err != nil && err != unix.EINTR {
+			panic(fmt.Sprintf("epoll_wait on a loop's own set: %v", err)) // EBADF, EFAULT, EINVAL: a bug
+		}
+		lp.now = time.Now().UnixNano()
+		for _, ev := range events[:max(n, 0)] {
+			if ev.Fd < 0 {
+				if !lp.runTasks() {
+					return
+				}
+				continue
+			}
+			e := lp.fds[ev.Fd]
+			if e.h != nil && e.gen == ev.Pad {
+				e.h.handle(lp, e.side, ev.Events)
+			}
+		}
+		if again := lp.again; len(again) > 0 {
+			lp.again = nil
+			for _, c := range again {
+				c.queued = false
+				c.pump()
+			}
+			lp.again = again[:0:0]
+		}
+		if lp.now >= nextTick {
+			nextTick = lp.now + int64(loopTick)
+			for _, f := range lp.tickers {
+				f(lp.now)
+			}
+		}
+	}
+}
+
+// runTasks runs the posted tasks; it reports false when one of them stopped the loop.
+func (lp *loop) runTasks() bool {
+	var buf [8]byte
+	_, _ = unix.Read(lp.wakefd, buf[:])
+	lp.mu.Lock()
+	tasks := lp.tasks
+	lp.tasks, lp.woken = nil, false
+	lp.mu.Unlock()
+	for _, f := range tasks {
+		f()
+	}
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	return !lp.stopped
+}
+
+// stop makes run return after the tasks posted before it; it is itself run as a task.
+func (lp *loop) stop() {
+	lp.mu.Lock()
+	lp.stopped = true
+	lp.mu.Unlock()
+}
+
+// close releases the loop's descriptors once run has returned.
+func (lp *loop) close() {
+	unix.Close(lp.epfd)
+	unix.Close(lp.wakefd)
+}
