@@ -699,3 +699,54 @@ func TestBytesCountedWhileOpen(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestKeepaliveFollowsService: both sockets of a connection carry the service's keepalive
+// setting; the client's inherits it from the listener, which a reload changes.
+func TestKeepaliveFollowsService(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "sip", be.addr())
+	vs.TCPKeepalive = true
+	bal, _ := startBalancer(t, testConfig(vs))
+	keepalive := func() [2][2]int {
+		t.Helper()
+		c, err := net.Dial("tcp", vipAddr(vs, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan [2][2]int, len(bal.loops))
+		for _, lp := range bal.loops {
+			lp.post(func() {
+				var r [2][2]int
+				for _, conn := range lp.conns {
+					for side, fd := range conn.fd {
+						r[side][0], _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+						r[side][1], _ = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+					}
+				}
+				got <- r
+			})
+		}
+		var r [2][2]int
+		for range bal.loops {
+			if g := <-got; g != ([2][2]int{}) {
+				r = g
+			}
+		}
+		return r
+	}
+	if got, want := keepalive(), [2][2]int{{1, 60}, {1, 60}}; got != want {
+		t.Fatalf("keepalive on (client, server) sockets: %v, want %v", got, want)
+	}
+	vs.TCPKeepalive = false
+	if err := bal.Apply(testConfig(vs)); err != nil {
+		t.Fatal(err)
+	}
+	if got := keepalive(); got[0][0] != 0 || got[1][0] != 0 {
+		t.Fatalf("keepalive after a reload turned it off: %v, want off on both sockets", got)
+	}
+}

@@ -2,7 +2,10 @@ package lb
 
 import (
 	"fmt"
+	"os"
+	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +28,9 @@ type fdHandler interface {
 	handle(lp *loop, side int8, events uint32)
 }
 
+// yieldEvery is how long a busy loop runs before it lets other goroutines run.
+const yieldEvery = time.Millisecond
+
 // loopTick bounds how late a loop notices dial timeouts and idle connections.
 const loopTick = 250 * time.Millisecond
 
@@ -38,6 +44,11 @@ type fdEntry struct {
 
 type loop struct {
 	epfd, wakefd int
+	// epfile is epfd in Go's poller: a loop with nothing to do parks its goroutine there
+	// instead of blocking in epoll_wait, where the runtime would hand its processor to
+	// another thread after 20 µs and wake one again when the loop returns.
+	epfile *os.File
+	epraw  syscall.RawConn
 
 	// Only the loop's goroutine touches the fields below, up to mu.
 	fds     []fdEntry
@@ -59,12 +70,23 @@ func newLoop() (*loop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating an epoll set: %w", err)
 	}
+	// Non-blocking, so that os.NewFile puts it in Go's poller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("making the epoll set non-blocking: %w", err)
+	}
+	epfile := os.NewFile(uintptr(epfd), "epoll")
+	epraw, err := epfile.SyscallConn()
+	if err != nil {
+		epfile.Close()
+		return nil, fmt.Errorf("polling the epoll set: %w", err)
+	}
 	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
-		unix.Close(epfd)
+		epfile.Close()
 		return nil, fmt.Errorf("creating an eventfd: %w", err)
 	}
-	lp := &loop{epfd: epfd, wakefd: wakefd, scratch: make([]byte, relayBuffer)}
+	lp := &loop{epfd: epfd, epfile: epfile, epraw: epraw, wakefd: wakefd, scratch: make([]byte, relayBuffer)}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		lp.close()
@@ -81,9 +103,9 @@ func (lp *loop) add(fd int, events uint32, h fdHandler, side int8) error {
 	lp.gen++
 	lp.fds[fd] = fdEntry{h: h, side: side, gen: lp.gen}
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: lp.gen}
-	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if errno := sysEpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); errno != 0 {
 		lp.fds[fd] = fdEntry{}
-		return fmt.Errorf("adding descriptor %d to the epoll set: %w", fd, err)
+		return fmt.Errorf("adding descriptor %d to the epoll set: %w", fd, errno)
 	}
 	return nil
 }
@@ -133,16 +155,17 @@ func (lp *loop) onTick(f func(now int64)) { lp.tickers = append(lp.tickers, f) }
 func (lp *loop) run() {
 	events := make([]unix.EpollEvent, 256)
 	nextTick := time.Now().Add(loopTick).UnixNano()
+	lastYield := time.Now().UnixNano()
 	for {
-		timeout := int((nextTick - lp.now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
-		if len(lp.again) > 0 || timeout < 0 {
-			timeout = 0
-		}
-		n, err := unix.EpollWait(lp.epfd, events, timeout)
-		if err != nil && err != unix.EINTR {
-			panic(fmt.Sprintf("epoll_wait on a loop's own set: %v", err)) // EBADF, EFAULT, EINVAL: a bug
-		}
+		n := lp.wait(events, nextTick)
 		lp.now = time.Now().UnixNano()
+		if lp.now-lastYield > int64(yieldEvery) {
+			// A loop that always has work never parks: let the balancer's other goroutines
+			// (UDP, health checks, admin) run now rather than at the runtime's forced
+			// preemption 10 ms later, which costs a signal besides.
+			lastYield = lp.now
+			runtime.Gosched()
+		}
 		for _, ev := range events[:max(n, 0)] {
 			if ev.Fd < 0 {
 				if !lp.runTasks() {
@@ -172,6 +195,26 @@ func (lp *loop) run() {
 	}
 }
 
+// wait returns the events ready now; with none, and no connection to continue, it parks until
+// some are ready or the tick is due.
+func (lp *loop) wait(events []unix.EpollEvent, tick int64) int {
+	var n int
+	poll := func(fd uintptr) bool {
+		var errno unix.Errno
+		n, errno = sysEpollPoll(int(fd), events)
+		if errno != 0 && errno != unix.EINTR {
+			panic(fmt.Sprintf("epoll_wait on a loop's own set: %v", errno)) // EBADF, EFAULT, EINVAL: a bug
+		}
+		return n > 0
+	}
+	if poll(uintptr(lp.epfd)) || len(lp.again) > 0 {
+		return max(n, 0)
+	}
+	_ = lp.epfile.SetReadDeadline(time.Unix(0, tick))
+	_ = lp.epraw.Read(poll) // returns at the deadline with nothing read
+	return max(n, 0)
+}
+
 // runTasks runs the posted tasks; it reports false when one of them stopped the loop.
 func (lp *loop) runTasks() bool {
 	var buf [8]byte
@@ -197,6 +240,6 @@ func (lp *loop) stop() {
 
 // close releases the loop's descriptors once run has returned.
 func (lp *loop) close() {
-	unix.Close(lp.epfd)
+	lp.epfile.Close()
 	unix.Close(lp.wakefd)
 }

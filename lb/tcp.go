@@ -78,7 +78,12 @@ func listenTCP(addr netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
-func (l *tcpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
+// rebind serves bnd from now on. Accepted sockets inherit the listener's options, so the
+// service's keepalive setting is made here once, not on every connection.
+func (l *tcpListener) rebind(bnd *binding) {
+	setKeepalive(l.fd, bnd.svc.cfg.TCPKeepalive)
+	l.cur.Store(bnd)
+}
 
 func (l *tcpListener) start() {
 	l.mu.Lock()
@@ -160,10 +165,10 @@ func (l *tcpListener) handle(lp *loop, _ int8, _ uint32) {
 // queued.
 func (l *tcpListener) acceptSome(lp *loop) bool {
 	for range acceptBatch {
-		fd, sa, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, client, err := sysAccept(l.fd)
 		switch err {
-		case nil:
-			l.b.acceptTCP(lp, fd, sa, l.cur.Load())
+		case 0:
+			l.b.acceptTCP(lp, fd, client, l.cur.Load())
 		case unix.EINTR, unix.ECONNABORTED:
 		case unix.EAGAIN:
 			return false
@@ -241,11 +246,10 @@ func (h *direction) pending() bool { return h.end > h.off || h.inPipe > 0 }
 const roundBudget = 1 << 20
 
 // acceptTCP takes a new client connection onto lp and starts dialling its real server.
-func (b *Balancer) acceptTCP(lp *loop, fd int, sa unix.Sockaddr, bnd *binding) {
+func (b *Balancer) acceptTCP(lp *loop, fd int, client netip.AddrPort, bnd *binding) {
 	svc, st := bnd.svc, bnd.svc.stats
 	bnd.accepted.accepted.Add(1)
 	st.accepted.Add(1)
-	client := addrPortOf(sa)
 	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied)
 		resetFD(fd)
@@ -258,9 +262,6 @@ func (b *Balancer) acceptTCP(lp *loop, fd int, sa unix.Sockaddr, bnd *binding) {
 	c.dir[sideClient].total, c.dir[sideServer].total = &st.bytesIn, &st.bytesOut
 	c.ready[sideClient] = canWrite
 	lp.conns = append(lp.conns, c)
-	if svc.cfg.TCPKeepalive {
-		setKeepalive(fd)
-	}
 	if err := lp.add(fd, connEvents, c, sideClient); err != nil {
 		b.log.Warn("connection dropped", "virtual_service", svc.cfg.Name, "err", err)
 		c.reset = true
@@ -290,7 +291,7 @@ func (c *tcpConn) dialNext() {
 				}
 				return
 			}
-			unix.Close(fd)
+			sysClose(fd)
 		}
 		c.plan.failed(to, err)
 	}
@@ -300,7 +301,7 @@ func (c *tcpConn) dialNext() {
 func (c *tcpConn) dialFailed(err error) {
 	fd := c.fd[sideServer]
 	c.lp.forget(fd)
-	unix.Close(fd)
+	sysClose(fd)
 	c.fd[sideServer], c.dialing = -1, false
 	c.plan.failed(c.dialTo, err)
 	c.dialNext()
@@ -351,11 +352,12 @@ func (c *tcpConn) handle(_ *loop, side int8, ev uint32) {
 			return // the client's bytes wait in its socket until the server answers
 		}
 		if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-			err, _ := unix.GetsockoptInt(c.fd[sideServer], unix.SOL_SOCKET, unix.SO_ERROR)
-			c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, unix.Errno(err)))
-			return
+			if errno, _ := unix.GetsockoptInt(c.fd[sideServer], unix.SOL_SOCKET, unix.SO_ERROR); errno != 0 {
+				c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, unix.Errno(errno)))
+				return
+			}
 		}
-		if ev&unix.EPOLLOUT == 0 {
+		if ev&(unix.EPOLLOUT|unix.EPOLLHUP) == 0 {
 			return
 		}
 		c.connected()
@@ -410,7 +412,7 @@ func (c *tcpConn) move(d int) bool {
 				// The first direction to end half-closes, so the peer sees the end while the
 				// other direction goes on; after the second, both sockets close at once.
 				if !c.dir[dst].done {
-					_ = unix.Shutdown(c.fd[dst], unix.SHUT_WR)
+					sysShutdownWrite(c.fd[dst])
 				}
 			}
 			return true
@@ -439,27 +441,25 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 		h.bulk = h.pipe != nil // no pipe (descriptor limit): the buffered path carries on
 	}
 	var n int
-	var err error
+	var errno unix.Errno
 	if h.bulk {
-		var m int64
-		m, err = unix.Splice(c.fd[src], nil, h.pipe.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		n = int(m)
-		if err == unix.EAGAIN {
+		n, errno = sysSplice(c.fd[src], h.pipe.w, maxSplice)
+		if errno == unix.EAGAIN {
 			// Quiet again: the (empty) pipe goes back, and small messages take the buffer.
 			pipePool.Put(h.pipe)
 			h.pipe, h.bulk = nil, false
 		}
 	} else {
-		n, err = unix.Read(c.fd[src], c.lp.scratch)
+		n, errno = sysRead(c.fd[src], c.lp.scratch)
 	}
 	switch {
-	case err == unix.EAGAIN:
+	case errno == unix.EAGAIN:
 		c.ready[src] &^= canRead
 		return 0, nil
-	case err == unix.EINTR:
+	case errno == unix.EINTR:
 		return 0, nil
-	case err != nil:
-		return 0, err
+	case errno != 0:
+		return 0, errno
 	case n == 0:
 		h.eof = true
 		return 0, nil
@@ -477,12 +477,13 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 		// FIN or RST no edge is due, so then the read goes on until it sees the end.)
 		c.ready[src] &^= canRead
 	}
-	w, err := unix.Write(c.fd[dst], c.lp.scratch[:n])
-	switch {
-	case err == unix.EAGAIN || err == unix.EINTR:
+	w, errno := sysWrite(c.fd[dst], c.lp.scratch[:n])
+	switch errno {
+	case 0:
+	case unix.EAGAIN, unix.EINTR:
 		w = 0
-	case err != nil:
-		return n, err
+	default:
+		return n, errno
 	}
 	if w < n {
 		c.ready[dst] &^= canWrite
@@ -496,29 +497,29 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 func (c *tcpConn) flush(h *direction, dst int) error {
 	fd := c.fd[dst]
 	for h.inPipe > 0 {
-		m, err := unix.Splice(h.pipe.r, nil, fd, nil, h.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		switch err {
-		case nil:
-			h.inPipe -= int(m)
+		m, errno := sysSplice(h.pipe.r, fd, h.inPipe)
+		switch errno {
+		case 0:
+			h.inPipe -= m
 		case unix.EINTR:
 		case unix.EAGAIN:
 			c.ready[dst] &^= canWrite
 			return nil
 		default:
-			return err
+			return errno
 		}
 	}
 	for h.end > h.off {
-		w, err := unix.Write(fd, (*h.pend)[h.off:h.end])
-		switch err {
-		case nil:
+		w, errno := sysWrite(fd, (*h.pend)[h.off:h.end])
+		switch errno {
+		case 0:
 			h.off += w
 		case unix.EINTR:
 		case unix.EAGAIN:
 			c.ready[dst] &^= canWrite
 			return nil
 		default:
-			return err
+			return errno
 		}
 	}
 	if h.pend != nil {
@@ -543,7 +544,7 @@ func (c *tcpConn) close() {
 		if reset {
 			resetFD(fd)
 		} else {
-			unix.Close(fd)
+			sysClose(fd)
 		}
 		c.fd[side] = -1
 	}
@@ -620,43 +621,42 @@ func (lp *loop) closeConns() {
 // dialTCP starts a non-blocking connection to "to" from local (if valid), for a transparent
 // service from the client's own address.
 func dialTCP(local, to netip.AddrPort, transparent, keepalive bool) (int, error) {
-	sa, family := sockaddr(to)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
+	fam := family(to.Addr())
+	fd, errno := sysSocket(fam)
+	if errno != 0 {
+		return -1, fmt.Errorf("socket: %w", errno)
 	}
-	fail := func(what string, err error) (int, error) {
-		unix.Close(fd)
-		return -1, fmt.Errorf("%s: %w", what, err)
+	fail := func(what string, errno unix.Errno) (int, error) {
+		sysClose(fd)
+		return -1, fmt.Errorf("%s: %w", what, errno)
 	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-		return fail("setsockopt TCP_NODELAY", err)
+	if errno := sysSetsockopt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); errno != 0 {
+		return fail("setsockopt TCP_NODELAY", errno)
 	}
 	if transparent {
 		lvl, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-		if family == unix.AF_INET6 {
+		if fam == unix.AF_INET6 {
 			lvl, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
 		}
-		if err := unix.SetsockoptInt(fd, lvl, opt, 1); err != nil {
-			return fail("setsockopt IP_TRANSPARENT", err)
+		if errno := sysSetsockopt(fd, lvl, opt, 1); errno != 0 {
+			return fail("setsockopt IP_TRANSPARENT", errno)
 		}
 	}
 	if keepalive {
-		setKeepalive(fd)
+		setKeepalive(fd, true)
 	}
 	if local.IsValid() {
 		// The port is chosen at connect, per destination, not at bind, where it would have to
 		// be unique for the whole box and cap the balancer at one ephemeral range in all.
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
-			return fail("setsockopt IP_BIND_ADDRESS_NO_PORT", err)
+		if errno := sysSetsockopt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); errno != 0 {
+			return fail("setsockopt IP_BIND_ADDRESS_NO_PORT", errno)
 		}
-		lsa, _ := sockaddr(local)
-		if err := unix.Bind(fd, lsa); err != nil {
-			return fail("bind "+local.String(), err)
+		if errno := sysBind(fd, local); errno != 0 {
+			return fail("bind "+local.String(), errno)
 		}
 	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		return fail("connect "+to.String(), err)
+	if errno := sysConnect(fd, to); errno != 0 && errno != unix.EINPROGRESS {
+		return fail("connect "+to.String(), errno)
 	}
 	return fd, nil
 }
@@ -664,7 +664,11 @@ func dialTCP(local, to netip.AddrPort, transparent, keepalive bool) (int, error)
 // keepAlive: a dead peer of an idle connection is found within about two minutes.
 var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
 
-func setKeepalive(fd int) {
+func setKeepalive(fd int, on bool) {
+	if !on {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
+		return
+	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
@@ -675,7 +679,7 @@ func setKeepalive(fd int) {
 // connection is gone (TCP refusal, "Reset on Close").
 func resetFD(fd int) {
 	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	unix.Close(fd)
+	sysClose(fd)
 }
 
 func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
