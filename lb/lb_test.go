@@ -533,8 +533,10 @@ func TestIdleConnectionsHoldNoPipes(t *testing.T) {
 			t.Fatalf("connection %d: bulk echo corrupted or short: %v", i, err)
 		}
 	}
-	// Pipes resting in the pool are not held by connections: two collections empty the pool and
-	// its cleanups close them.
+	// A direction gives its pipe back once it has been quiet for a tick. Pipes resting in the
+	// pool are not held by connections: two collections empty the pool and its cleanups close
+	// them.
+	time.Sleep(2 * loopTick)
 	for range 3 {
 		runtime.GC()
 		time.Sleep(50 * time.Millisecond)

@@ -49,6 +49,13 @@ type loop struct {
 	// another thread after 20 µs and wake one again when the loop returns.
 	epfile *os.File
 	epraw  syscall.RawConn
+	pollFn func(fd uintptr) bool // lp.poll, bound once
+
+	// The events of the last poll.
+	events   []unix.EpollEvent
+	ready    int
+	parking  bool
+	deadline int64 // set on epfile
 
 	// Only the loop's goroutine touches the fields below, up to mu.
 	fds     []fdEntry
@@ -86,7 +93,9 @@ func newLoop() (*loop, error) {
 		epfile.Close()
 		return nil, fmt.Errorf("creating an eventfd: %w", err)
 	}
-	lp := &loop{epfd: epfd, epfile: epfile, epraw: epraw, wakefd: wakefd, scratch: make([]byte, relayBuffer)}
+	lp := &loop{epfd: epfd, epfile: epfile, epraw: epraw, wakefd: wakefd, scratch: make([]byte, relayBuffer),
+		events: make([]unix.EpollEvent, 256)}
+	lp.pollFn = lp.poll
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		lp.close()
@@ -153,11 +162,11 @@ func (lp *loop) onTick(f func(now int64)) { lp.tickers = append(lp.tickers, f) }
 
 // run serves events until stop is posted.
 func (lp *loop) run() {
-	events := make([]unix.EpollEvent, 256)
 	nextTick := time.Now().Add(loopTick).UnixNano()
 	lastYield := time.Now().UnixNano()
 	for {
-		n := lp.wait(events, nextTick)
+		n := lp.wait(nextTick)
+		events := lp.events
 		lp.now = time.Now().UnixNano()
 		if lp.now-lastYield > int64(yieldEvery) {
 			// A loop that always has work never parks: let the balancer's other goroutines
@@ -197,22 +206,31 @@ func (lp *loop) run() {
 
 // wait returns the events ready now; with none, and no connection to continue, it parks until
 // some are ready or the tick is due.
-func (lp *loop) wait(events []unix.EpollEvent, tick int64) int {
-	var n int
-	poll := func(fd uintptr) bool {
-		var errno unix.Errno
-		n, errno = sysEpollPoll(int(fd), events)
-		if errno != 0 && errno != unix.EINTR {
-			panic(fmt.Sprintf("epoll_wait on a loop's own set: %v", errno)) // EBADF, EFAULT, EINVAL: a bug
-		}
-		return n > 0
+func (lp *loop) wait(tick int64) int {
+	if lp.poll(uintptr(lp.epfd)) || len(lp.again) > 0 {
+		return lp.ready
 	}
-	if poll(uintptr(lp.epfd)) || len(lp.again) > 0 {
-		return max(n, 0)
+	if tick != lp.deadline {
+		lp.deadline = tick
+		_ = lp.epfile.SetReadDeadline(time.Unix(0, tick))
 	}
-	_ = lp.epfile.SetReadDeadline(time.Unix(0, tick))
-	_ = lp.epraw.Read(poll) // returns at the deadline with nothing read
-	return max(n, 0)
+	lp.parking, lp.ready = true, 0 // the set was found empty just now: wait before asking again
+	_ = lp.epraw.Read(lp.pollFn)   // returns at the deadline with nothing read
+	return lp.ready
+}
+
+// poll is pollFn: it reads the events ready now into lp.events.
+func (lp *loop) poll(fd uintptr) bool {
+	if lp.parking {
+		lp.parking = false
+		return false
+	}
+	n, errno := sysEpollPoll(int(fd), lp.events)
+	if errno != 0 && errno != unix.EINTR {
+		panic(fmt.Sprintf("epoll_wait on a loop's own set: %v", errno)) // EBADF, EFAULT, EINVAL: a bug
+	}
+	lp.ready = max(n, 0)
+	return lp.ready > 0
 }
 
 // runTasks runs the posted tasks; it reports false when one of them stopped the loop.

@@ -227,15 +227,16 @@ const connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 // direction is one way of a connection. Bytes are read into the loop's scratch buffer and
 // written out at once; only what the destination does not take is kept, in a pooled buffer.
 // A read that fills the scratch buffer means bulk data: the direction then moves by splice(2)
-// through a pooled pipe until the source would block (HAProxy's splice-auto).
+// through a pooled pipe (HAProxy's splice-auto), and keeps the pipe until it has been quiet
+// for a tick, so that each burst of a transfer does not start over with a copy.
 type direction struct {
 	pend     *[]byte // bytes read but not yet written, [off:end]
 	off, end int
 	pipe     *relayPipe
-	inPipe   int // bytes in the pipe not yet written
-	bulk     bool
-	eof      bool // the source has ended
-	done     bool // ended and the destination told (shut down or about to close)
+	inPipe   int   // bytes in the pipe not yet written
+	last     int64 // unix ns of the last read, for giving the pipe back
+	eof      bool  // the source has ended
+	done     bool  // ended and the destination told (shut down or about to close)
 	total    *atomic.Uint64
 }
 
@@ -436,19 +437,10 @@ func (c *tcpConn) move(d int) bool {
 // fill reads what src has (or splices it into the pipe) and writes it to dst at once. It
 // returns the bytes read; an end of src sets eof.
 func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
-	if h.bulk && h.pipe == nil {
-		h.pipe, _ = pipePool.Get().(*relayPipe)
-		h.bulk = h.pipe != nil // no pipe (descriptor limit): the buffered path carries on
-	}
 	var n int
 	var errno unix.Errno
-	if h.bulk {
+	if h.pipe != nil {
 		n, errno = sysSplice(c.fd[src], h.pipe.w, maxSplice)
-		if errno == unix.EAGAIN {
-			// Quiet again: the (empty) pipe goes back, and small messages take the buffer.
-			pipePool.Put(h.pipe)
-			h.pipe, h.bulk = nil, false
-		}
 	} else {
 		n, errno = sysRead(c.fd[src], c.lp.scratch)
 	}
@@ -465,13 +457,14 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 		return 0, nil
 	}
 	h.total.Add(uint64(n)) // counted before the peer can see it, for readers of the counters
-	c.lastActive = c.lp.now
-	if h.bulk {
+	c.lastActive, h.last = c.lp.now, c.lp.now
+	if h.pipe != nil {
 		h.inPipe = n
 		return n, c.flush(h, dst)
 	}
 	if n == len(c.lp.scratch) {
-		h.bulk = true
+		// Bulk: splice from now on. Without a pipe (descriptor limit) the buffer carries on.
+		h.pipe, _ = pipePool.Get().(*relayPipe)
 	} else if c.ready[src]&peerClosed == 0 {
 		// A short read drained the socket: data arriving after it raises a new edge. (After
 		// FIN or RST no edge is due, so then the read goes on until it sees the end.)
@@ -592,7 +585,8 @@ func (lp *loop) dropConn(c *tcpConn) {
 }
 
 // sweepConns ends dials that have timed out and connections idle for their service's idle
-// timeout. It walks backwards, since closing a connection moves the last one into its place.
+// timeout, and takes the pipes back from directions that have gone quiet. It walks backwards,
+// since closing a connection moves the last one into its place.
 func (lp *loop) sweepConns(now int64) {
 	for i := len(lp.conns) - 1; i >= 0; i-- {
 		if i >= len(lp.conns) {
@@ -607,6 +601,13 @@ func (lp *loop) sweepConns(now int64) {
 		case idle > 0 && now-c.lastActive >= int64(idle):
 			c.idled = true
 			c.close()
+		default:
+			for d := range c.dir {
+				if h := &c.dir[d]; h.pipe != nil && h.inPipe == 0 && now-h.last >= int64(loopTick) {
+					pipePool.Put(h.pipe)
+					h.pipe = nil
+				}
+			}
 		}
 	}
 }
