@@ -3,7 +3,6 @@ package lb
 import (
 	"encoding/binary"
 	"net/netip"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -19,13 +18,6 @@ type msgBatch struct {
 	names []unix.RawSockaddrInet6 // large enough for either family
 	bufs  [][]byte
 	lens  []int // payload length of each datagram after recv, or to send
-
-	// recvFn and sendFn are bound once and leave their results in n, sent and err, so that a
-	// batch costs no allocation.
-	recvFn, sendFn func(fd uintptr) bool
-	n, sent        int
-	err            error
-	refused        bool
 }
 
 // newMsgBatch makes a batch of n slots with buffers of size bytes each; with size 0 the slots
@@ -38,7 +30,6 @@ func newMsgBatch(n, size int) *msgBatch {
 		bufs:  make([][]byte, n),
 		lens:  make([]int, n),
 	}
-	b.recvFn, b.sendFn = b.recvOnce, b.sendAll
 	for i := range n {
 		if size > 0 {
 			b.bufs[i] = make([]byte, size)
@@ -59,10 +50,11 @@ func (b *msgBatch) carry(i int, p []byte) {
 }
 
 // recvNow reads the datagrams queued on fd without waiting; unix.EAGAIN means none is.
-func (b *msgBatch) recvNow(fd uintptr) (int, error) {
+// Datagrams truncated by a short buffer are reported through truncated(i).
+func (b *msgBatch) recvNow(fd int) (int, error) {
 	b.reset()
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 		if e == unix.EINTR {
 			continue
 		}
@@ -87,24 +79,6 @@ func (b *msgBatch) reset() {
 		b.iovs[i].SetLen(len(b.bufs[i]))
 		b.hdrs[i].Len = 0
 	}
-}
-
-// recv reads as many datagrams as are queued, up to the batch size, waiting for the first one.
-// Datagrams truncated by a short buffer are reported through truncated(i).
-func (b *msgBatch) recv(rc syscall.RawConn) (int, error) {
-	if err := rc.Read(b.recvFn); err != nil {
-		return 0, err
-	}
-	if b.err != nil {
-		return 0, b.err
-	}
-	return b.n, nil
-}
-
-// recvOnce is recvFn: false, on EAGAIN, makes Read wait for readability and call it again.
-func (b *msgBatch) recvOnce(fd uintptr) bool {
-	b.n, b.err = b.recvNow(fd)
-	return b.err != unix.EAGAIN
 }
 
 func (b *msgBatch) truncated(i int) bool { return b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }
@@ -151,38 +125,28 @@ func (b *msgBatch) setDest(i int, a netip.AddrPort) {
 	h.Name = (*byte)(unsafe.Pointer(sa))
 }
 
-// send writes datagrams [0, n) of the batch (their payloads are bufs[i][:lens[i]]) without
-// waiting: a datagram the kernel cannot take now is dropped, as a router would, rather than
-// stalling the other flows behind it. It returns how many were sent.
-func (b *msgBatch) send(rc syscall.RawConn, n int) (int, error) {
+// sendNow writes datagrams [0, n) of the batch (their payloads are bufs[i][:lens[i]]) to fd
+// without waiting: a datagram the kernel cannot take now is dropped, as a router would, rather
+// than stalling the other flows behind it. It returns how many were sent.
+func (b *msgBatch) sendNow(fd, n int) (int, error) {
 	for i := range n {
 		b.iovs[i].SetLen(b.lens[i])
 	}
-	b.n, b.sent, b.err, b.refused = n, 0, nil, false
-	if err := rc.Write(b.sendFn); err != nil {
-		return b.sent, err
-	}
-	if b.err != nil && b.err != unix.EAGAIN && b.err != unix.ECONNREFUSED {
-		return b.sent, b.err
-	}
-	return b.sent, nil
-}
-
-// sendAll is sendFn: it never asks Write to wait (see send).
-func (b *msgBatch) sendAll(fd uintptr) bool {
-	for b.sent < b.n {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[b.sent])), uintptr(b.n-b.sent), unix.MSG_DONTWAIT, 0, 0)
+	sent, refused := 0, false
+	for sent < n {
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[sent])), uintptr(n-sent), unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == 0:
-			b.sent += int(r)
+			sent += int(r)
 		case e == unix.EINTR:
-		case e == unix.ECONNREFUSED && !b.refused:
+		case e == unix.ECONNREFUSED && !refused:
 			// An ICMP error left by an earlier datagram is reported once; try again.
-			b.refused = true
+			refused = true
+		case e == unix.EAGAIN || e == unix.ECONNREFUSED:
+			return sent, nil
 		default:
-			b.err = e
-			return true
+			return sent, e
 		}
 	}
-	return true
+	return sent, nil
 }

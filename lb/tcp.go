@@ -620,45 +620,12 @@ func (lp *loop) closeConns() {
 // dialTCP starts a non-blocking connection to "to" from local (if valid), for a transparent
 // service from the client's own address.
 func dialTCP(local, to netip.AddrPort, transparent, keepalive bool) (int, error) {
-	sa, family := sockaddr(to)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
-	}
-	fail := func(what string, err error) (int, error) {
-		unix.Close(fd)
-		return -1, fmt.Errorf("%s: %w", what, err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-		return fail("setsockopt TCP_NODELAY", err)
-	}
-	if transparent {
-		lvl, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-		if family == unix.AF_INET6 {
-			lvl, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+	return dialSocket(unix.SOCK_STREAM, local, to, transparent, func(fd int) error {
+		if keepalive {
+			setKeepalive(fd)
 		}
-		if err := unix.SetsockoptInt(fd, lvl, opt, 1); err != nil {
-			return fail("setsockopt IP_TRANSPARENT", err)
-		}
-	}
-	if keepalive {
-		setKeepalive(fd)
-	}
-	if local.IsValid() {
-		// The port is chosen at connect, per destination, not at bind, where it would have to
-		// be unique for the whole box and cap the balancer at one ephemeral range in all.
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
-			return fail("setsockopt IP_BIND_ADDRESS_NO_PORT", err)
-		}
-		lsa, _ := sockaddr(local)
-		if err := unix.Bind(fd, lsa); err != nil {
-			return fail("bind "+local.String(), err)
-		}
-	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		return fail("connect "+to.String(), err)
-	}
-	return fd, nil
+		return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	})
 }
 
 // keepAlive: a dead peer of an idle connection is found within about two minutes.
