@@ -41,10 +41,11 @@ func newMsgBatch(n, size int) *msgBatch {
 	return b
 }
 
-// carry makes slot i send p, unaddressed (for a connected socket).
+// carry makes slot i send p, unaddressed (for a connected socket). p may be empty: a
+// datagram without payload is still a datagram.
 func (b *msgBatch) carry(i int, p []byte) {
 	b.bufs[i] = p
-	b.iovs[i].Base = &p[0]
+	b.iovs[i].Base = unsafe.SliceData(p)
 	b.lens[i] = len(p)
 	b.hdrs[i].Hdr.Name, b.hdrs[i].Hdr.Namelen = nil, 0
 }

@@ -173,3 +173,39 @@ func TestUDPCloseOnDown(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPEmptyDatagram: a datagram with no payload is a datagram like any other, both ways.
+func TestUDPEmptyDatagram(t *testing.T) {
+	a, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := a.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = a.WriteToUDPAddrPort(buf[:n], from) // an empty one back for an empty one
+		}
+	}()
+	vs := udpService(t, "stun", addrPort(a.LocalAddr()))
+	bal, _ := startBalancer(t, testConfig(vs))
+	c := dialUDP(t, vipAddr(vs, 0))
+	if _, err := c.Write(nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	if n, err := c.Read(buf); err != nil || n != 0 {
+		t.Fatalf("reply to an empty datagram: %d bytes, %v", n, err)
+	}
+	if got := udpAsk(t, c, "x"); got != "x" {
+		t.Fatalf("after the empty datagram: %q", got)
+	}
+	if n := bal.services["stun"].stats.udpSessions.Load(); n != 1 {
+		t.Fatalf("%d sessions, want 1", n)
+	}
+}
