@@ -324,7 +324,7 @@ func (l *udpListener) forward(lp *loop, n int) {
 			out.carry(k, in.bufs[i][:in.lens[i]])
 			size += uint64(in.lens[i])
 		}
-		sent, err := out.sendNow(g.s.fd, len(g.idx))
+		sent, err := out.sendNow(g.s.fd, len(g.idx), netip.AddrPort{})
 		if sent < len(g.idx) {
 			// The server's socket is full or refused: those datagrams are lost, counted.
 			st.dropped[DropUDPSendFailed].Add(uint64(len(g.idx) - sent))
@@ -430,11 +430,10 @@ func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
 			b.iovs[k].Base, b.iovs[i].Base = &b.bufs[k][0], &b.bufs[i][0]
 		}
 		b.lens[k] = b.lens[i]
-		b.setDest(k, s.client)
 		size += uint64(b.lens[k])
 		k++
 	}
-	sent, _ := b.sendNow(s.l.fd, k)
+	sent, _ := b.sendNow(s.l.fd, k, s.client)
 	if sent < k {
 		st.dropped[DropUDPSendFailed].Add(uint64(k - sent))
 	}
