@@ -46,10 +46,12 @@ type Balancer struct {
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
-	// loops carry the TCP connections (loop.go), one per usable CPU; Run runs them.
-	loops   []*loop
-	loopErr error // why the loops could not be made; Apply reports it
-	loopWG  sync.WaitGroup
+	// loops carry the TCP connections and the UDP sessions (loop.go), one per usable CPU; Run
+	// runs them.
+	loops        []*loop
+	loopErr      error // why the loops could not be made; Apply reports it
+	loopWG       sync.WaitGroup
+	udpListeners int // UDP listeners ever opened, to spread them over the loops; under mu
 }
 
 // listenerKind separates listeners that may share an address but not a socket type.
@@ -137,7 +139,7 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 		return ErrStopping
 	}
 	if b.loopErr != nil {
-		return fmt.Errorf("the balancer cannot carry TCP: %w", b.loopErr)
+		return fmt.Errorf("the balancer cannot carry TCP or UDP: %w", b.loopErr)
 	}
 
 	services := make(map[string]*service, len(cfg.VirtualServices))
@@ -242,16 +244,14 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 	lc := net.ListenConfig{Control: freebind, KeepAlive: -1}
 	switch k.kind {
 	case kindUDP:
-		pc, err := lc.ListenPacket(context.Background(), "udp", k.addr.String())
+		fd, err := listenUDP(k.addr)
 		if err != nil {
 			return nil, err
 		}
-		u, err := newUDPListener(b, k, pc.(*net.UDPConn))
-		if err != nil {
-			pc.Close()
-			return nil, err
-		}
-		return u, nil
+		// A listener and its sessions share a loop; listeners take the loops in turn.
+		lp := b.loops[b.udpListeners%len(b.loops)]
+		b.udpListeners++
+		return newUDPListener(b, k, lp, fd), nil
 	case kindRedirect:
 		ln, err := lc.Listen(context.Background(), "tcp", k.addr.String())
 		if err != nil {

@@ -1,15 +1,16 @@
 package lb
 
 import (
-	"net"
+	"fmt"
 	"net/netip"
 
 	"github.com/pairlb/pairlb/config"
+	"golang.org/x/sys/unix"
 )
 
 // dialPlan walks the destinations of a new client's connection: the real server the service
 // chooses, the next one each time a dial fails, then the sorry server. TCP dials on a loop
-// follow it one asynchronous attempt at a time; UDP (connect) follows it at once.
+// follow it one asynchronous attempt at a time; UDP (connectUDP) follows it at once.
 type dialPlan struct {
 	b      *Balancer
 	bnd    *binding
@@ -66,28 +67,65 @@ func (p *dialPlan) succeeded() *realServer {
 	return p.cur
 }
 
-// connect opens the connected socket of a new UDP client, following the dial plan. It
+// connectUDP opens the connected socket of a new UDP client, following the dial plan. It
 // returns the real server with its active count taken (nil for the sorry server), or ok false
-// when nothing answered, counted as no_server or dial_failed.
-func connect[C any](b *Balancer, bnd *binding, client netip.AddrPort, dial func(local, to netip.AddrPort) (C, error)) (conn C, server *realServer, ok bool) {
+// when no socket could be connected, counted as no_server or dial_failed.
+func connectUDP(b *Balancer, bnd *binding, client netip.AddrPort) (fd int, server *realServer, ok bool) {
 	p := dialPlan{b: b, bnd: bnd, client: client}
 	for {
 		local, to, ok := p.next()
 		if !ok {
-			return conn, nil, false
+			return -1, nil, false
 		}
-		c, err := dial(local, to)
+		fd, err := dialSocket(unix.SOCK_DGRAM, local, to, bnd.svc.cfg.Transparent, nil)
 		if err == nil {
-			return c, p.succeeded(), true
+			return fd, p.succeeded(), true
 		}
 		p.failed(to, err)
 	}
 }
 
-// udpDialer builds the service's dialer for UDP sessions once: the transparency option comes
-// from the service; the source address is chosen per session.
-func udpDialer(vs *config.VirtualService) *net.Dialer {
-	return &net.Dialer{Control: dialControl(vs.Transparent)}
+// dialSocket opens a non-blocking socket of type sotype and connects it to "to" (for a stream
+// socket, starts connecting) from local (if valid), for a transparent service from the
+// client's own address. prepare, if set, sets the options of the socket type before connect.
+func dialSocket(sotype int, local, to netip.AddrPort, transparent bool, prepare func(fd int) unix.Errno) (int, error) {
+	fam := family(to.Addr())
+	fd, errno := sysSocket(fam, sotype)
+	if errno != 0 {
+		return -1, fmt.Errorf("socket: %w", errno)
+	}
+	fail := func(what string, errno unix.Errno) (int, error) {
+		sysClose(fd)
+		return -1, fmt.Errorf("%s: %w", what, errno)
+	}
+	if prepare != nil {
+		if errno := prepare(fd); errno != 0 {
+			return fail("setsockopt", errno)
+		}
+	}
+	if transparent {
+		lvl, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if fam == unix.AF_INET6 {
+			lvl, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if errno := sysSetsockopt(fd, lvl, opt, 1); errno != 0 {
+			return fail("setsockopt IP_TRANSPARENT", errno)
+		}
+	}
+	if local.IsValid() {
+		// The port is chosen at connect, per destination, not at bind, where it would have to
+		// be unique for the whole box and cap the balancer at one ephemeral range in all.
+		if errno := sysSetsockopt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); errno != 0 {
+			return fail("setsockopt IP_BIND_ADDRESS_NO_PORT", errno)
+		}
+		if errno := sysBind(fd, local); errno != 0 {
+			return fail("bind "+local.String(), errno)
+		}
+	}
+	if errno := sysConnect(fd, to); errno != 0 && errno != unix.EINPROGRESS {
+		return fail("connect "+to.String(), errno)
+	}
+	return fd, nil
 }
 
 // localAddr is the source address of a connection to a real server: the client's own for a

@@ -65,6 +65,7 @@ type loop struct {
 	now     int64      // unix nanoseconds, read once per round
 	scratch []byte     // read buffer, shared by every connection of the loop
 	tickers []func(now int64)
+	udp     *udpLoop // the UDP listeners' batches, made with the first (udp.go)
 
 	mu      sync.Mutex
 	tasks   []func()

@@ -3,7 +3,6 @@ package lb
 import (
 	"encoding/binary"
 	"net/netip"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -20,12 +19,12 @@ type msgBatch struct {
 	bufs  [][]byte
 	lens  []int // payload length of each datagram after recv, or to send
 
-	// recvFn and sendFn are bound once and leave their results in n, sent and err, so that a
-	// batch costs no allocation.
-	recvFn, sendFn func(fd uintptr) bool
-	n, sent        int
-	err            error
-	refused        bool
+	// Sending: the messages of one sendmmsg call (see pack), how many datagrams each carries,
+	// their control messages, and the one destination of them all.
+	msgs []unix.Mmsghdr
+	segs []int
+	ctrl []gsoControl
+	dest unix.RawSockaddrInet6
 }
 
 // newMsgBatch makes a batch of n slots with buffers of size bytes each; with size 0 the slots
@@ -37,8 +36,10 @@ func newMsgBatch(n, size int) *msgBatch {
 		names: make([]unix.RawSockaddrInet6, n),
 		bufs:  make([][]byte, n),
 		lens:  make([]int, n),
+		msgs:  make([]unix.Mmsghdr, n),
+		segs:  make([]int, n),
+		ctrl:  make([]gsoControl, n),
 	}
-	b.recvFn, b.sendFn = b.recvOnce, b.sendAll
 	for i := range n {
 		if size > 0 {
 			b.bufs[i] = make([]byte, size)
@@ -50,19 +51,19 @@ func newMsgBatch(n, size int) *msgBatch {
 	return b
 }
 
-// carry makes slot i send p, unaddressed (for a connected socket).
+// carry makes slot i send p. p may be empty: a datagram without payload is still a datagram.
 func (b *msgBatch) carry(i int, p []byte) {
 	b.bufs[i] = p
-	b.iovs[i].Base = &p[0]
+	b.iovs[i].Base = unsafe.SliceData(p)
 	b.lens[i] = len(p)
-	b.hdrs[i].Hdr.Name, b.hdrs[i].Hdr.Namelen = nil, 0
 }
 
 // recvNow reads the datagrams queued on fd without waiting; unix.EAGAIN means none is.
-func (b *msgBatch) recvNow(fd uintptr) (int, error) {
+// Datagrams truncated by a short buffer are reported through truncated(i).
+func (b *msgBatch) recvNow(fd int) (int, error) {
 	b.reset()
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 		if e == unix.EINTR {
 			continue
 		}
@@ -89,24 +90,6 @@ func (b *msgBatch) reset() {
 	}
 }
 
-// recv reads as many datagrams as are queued, up to the batch size, waiting for the first one.
-// Datagrams truncated by a short buffer are reported through truncated(i).
-func (b *msgBatch) recv(rc syscall.RawConn) (int, error) {
-	if err := rc.Read(b.recvFn); err != nil {
-		return 0, err
-	}
-	if b.err != nil {
-		return 0, b.err
-	}
-	return b.n, nil
-}
-
-// recvOnce is recvFn: false, on EAGAIN, makes Read wait for readability and call it again.
-func (b *msgBatch) recvOnce(fd uintptr) bool {
-	b.n, b.err = b.recvNow(fd)
-	return b.err != unix.EAGAIN
-}
-
 func (b *msgBatch) truncated(i int) bool { return b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }
 
 // from is the source address of datagram i after recv.
@@ -129,60 +112,105 @@ func setNetPort(p *uint16, port uint16) {
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(p))[:], port)
 }
 
-// setDest makes slot i address its datagram to a; an invalid a leaves it unaddressed, for a
+// destination is the socket address of a for a message header: nil for an invalid a, for a
 // connected socket.
-func (b *msgBatch) setDest(i int, a netip.AddrPort) {
-	h := &b.hdrs[i].Hdr
+func (b *msgBatch) destination(a netip.AddrPort) (*byte, uint32) {
 	if !a.IsValid() {
-		h.Name, h.Namelen = nil, 0
-		return
+		return nil, 0
 	}
-	sa := &b.names[i]
+	sa := &b.dest
 	if a.Addr().Is4() {
 		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
 		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.Addr().As4()}
 		setNetPort(&sa4.Port, a.Port())
-		h.Namelen = unix.SizeofSockaddrInet4
-	} else {
-		*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.Addr().As16()}
-		setNetPort(&sa.Port, a.Port())
-		h.Namelen = unix.SizeofSockaddrInet6
+		return (*byte)(unsafe.Pointer(sa)), unix.SizeofSockaddrInet4
 	}
-	h.Name = (*byte)(unsafe.Pointer(sa))
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.Addr().As16()}
+	setNetPort(&sa.Port, a.Port())
+	return (*byte)(unsafe.Pointer(sa)), unix.SizeofSockaddrInet6
 }
 
-// send writes datagrams [0, n) of the batch (their payloads are bufs[i][:lens[i]]) without
-// waiting: a datagram the kernel cannot take now is dropped, as a router would, rather than
-// stalling the other flows behind it. It returns how many were sent.
-func (b *msgBatch) send(rc syscall.RawConn, n int) (int, error) {
+// gsoMaxSegment is the largest datagram sent by segmentation offload: it fits the smallest
+// MTU an IPv6 path may have (1280 bytes, less the headers), and so nearly every IPv4 path. A
+// kernel that refuses a segment size for its path gets the datagrams one by one.
+const gsoMaxSegment = 1200
+
+// gsoControl is a control message asking for UDP segmentation offload (UDP_SEGMENT): room for
+// a cmsghdr and its 16-bit segment size, 8-byte aligned.
+type gsoControl [3]uint64
+
+func (c *gsoControl) set(size int) {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(c))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Add(unsafe.Pointer(c), unix.CmsgLen(0))) = uint16(size)
+}
+
+// pack lays datagrams [from, n) out as messages for sendmmsg, all to one destination (name).
+// With gso, a run of datagrams of one size (its last may be shorter) becomes one message with
+// UDP_SEGMENT: the kernel takes it through its stack once and cuts it into the same datagrams
+// at the end, instead of routing, queueing and delivering each on its own. It returns the
+// number of messages; segs tells how many datagrams each carries.
+func (b *msgBatch) pack(from, n int, name *byte, namelen uint32, gso bool) int {
+	m := 0
+	for i := from; i < n; m++ {
+		size, j := b.lens[i], i+1
+		if gso && size > 0 && size <= gsoMaxSegment {
+			for j < n && b.lens[j] == size {
+				j++
+			}
+			if j < n && b.lens[j] > 0 && b.lens[j] < size {
+				j++
+			}
+		}
+		h := &b.msgs[m].Hdr
+		h.Name, h.Namelen = name, namelen
+		h.Iov = &b.iovs[i]
+		h.SetIovlen(j - i)
+		h.Control = nil
+		h.SetControllen(0)
+		if j-i > 1 {
+			b.ctrl[m].set(size)
+			h.Control = (*byte)(unsafe.Pointer(&b.ctrl[m]))
+			h.SetControllen(unix.CmsgSpace(2))
+		}
+		b.segs[m] = j - i
+		i = j
+	}
+	return m
+}
+
+// sendNow writes datagrams [0, n) of the batch (their payloads are bufs[i][:lens[i]]) to fd,
+// addressed to "to" (invalid for a connected socket), without waiting: a datagram the kernel
+// cannot take now is dropped, as a router would, rather than stalling the other flows behind
+// it. It returns how many were sent.
+func (b *msgBatch) sendNow(fd, n int, to netip.AddrPort) (int, error) {
 	for i := range n {
 		b.iovs[i].SetLen(b.lens[i])
 	}
-	b.n, b.sent, b.err, b.refused = n, 0, nil, false
-	if err := rc.Write(b.sendFn); err != nil {
-		return b.sent, err
-	}
-	if b.err != nil && b.err != unix.EAGAIN && b.err != unix.ECONNREFUSED {
-		return b.sent, b.err
-	}
-	return b.sent, nil
-}
-
-// sendAll is sendFn: it never asks Write to wait (see send).
-func (b *msgBatch) sendAll(fd uintptr) bool {
-	for b.sent < b.n {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[b.sent])), uintptr(b.n-b.sent), unix.MSG_DONTWAIT, 0, 0)
+	name, namelen := b.destination(to)
+	sent, refused, gso := 0, false, true
+	for sent < n {
+		m := b.pack(sent, n, name, namelen, gso)
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(m), unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == 0:
-			b.sent += int(r)
+			for _, k := range b.segs[:r] {
+				sent += k
+			}
 		case e == unix.EINTR:
-		case e == unix.ECONNREFUSED && !b.refused:
+		case e == unix.ECONNREFUSED && !refused:
 			// An ICMP error left by an earlier datagram is reported once; try again.
-			b.refused = true
+			refused = true
+		case e == unix.EAGAIN || e == unix.ECONNREFUSED:
+			return sent, nil
+		case gso && b.segs[0] > 1 && (e == unix.EINVAL || e == unix.EIO || e == unix.ENOPROTOOPT):
+			// The path cannot take this segment size (MTU), the device cannot checksum for
+			// segmentation, or the kernel has no UDP_SEGMENT: one datagram a message.
+			gso = false
 		default:
-			b.err = e
-			return true
+			return sent, e
 		}
 	}
-	return true
+	return sent, nil
 }

@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -59,12 +58,10 @@ type service struct {
 	stats   *serviceStats
 
 	nextSource atomic.Uint32 // round robin over cfg.SourceAddresses
-	udpDialer  *net.Dialer
 }
 
 func newService(vs config.VirtualService, g *config.Global, old *service) *service {
 	s := &service{cfg: vs, sched: newScheduler(vs.Scheduler), byKey: make(map[string]*realServer, len(vs.RealServers))}
-	s.udpDialer = udpDialer(&vs)
 	if old != nil {
 		s.stats = old.stats
 	} else {

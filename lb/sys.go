@@ -40,8 +40,8 @@ func sysClose(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
 
 func sysShutdownWrite(fd int) { unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0) }
 
-func sysSocket(family int) (int, unix.Errno) {
-	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+func sysSocket(family, sotype int) (int, unix.Errno) {
+	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), uintptr(sotype)|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	return int(fd), e
 }
 

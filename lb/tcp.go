@@ -622,44 +622,12 @@ func (lp *loop) closeConns() {
 // dialTCP starts a non-blocking connection to "to" from local (if valid), for a transparent
 // service from the client's own address.
 func dialTCP(local, to netip.AddrPort, transparent, keepalive bool) (int, error) {
-	fam := family(to.Addr())
-	fd, errno := sysSocket(fam)
-	if errno != 0 {
-		return -1, fmt.Errorf("socket: %w", errno)
-	}
-	fail := func(what string, errno unix.Errno) (int, error) {
-		sysClose(fd)
-		return -1, fmt.Errorf("%s: %w", what, errno)
-	}
-	if errno := sysSetsockopt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); errno != 0 {
-		return fail("setsockopt TCP_NODELAY", errno)
-	}
-	if transparent {
-		lvl, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-		if fam == unix.AF_INET6 {
-			lvl, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+	return dialSocket(unix.SOCK_STREAM, local, to, transparent, func(fd int) unix.Errno {
+		if keepalive {
+			setKeepalive(fd, true)
 		}
-		if errno := sysSetsockopt(fd, lvl, opt, 1); errno != 0 {
-			return fail("setsockopt IP_TRANSPARENT", errno)
-		}
-	}
-	if keepalive {
-		setKeepalive(fd, true)
-	}
-	if local.IsValid() {
-		// The port is chosen at connect, per destination, not at bind, where it would have to
-		// be unique for the whole box and cap the balancer at one ephemeral range in all.
-		if errno := sysSetsockopt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); errno != 0 {
-			return fail("setsockopt IP_BIND_ADDRESS_NO_PORT", errno)
-		}
-		if errno := sysBind(fd, local); errno != 0 {
-			return fail("bind "+local.String(), errno)
-		}
-	}
-	if errno := sysConnect(fd, to); errno != 0 && errno != unix.EINPROGRESS {
-		return fail("connect "+to.String(), errno)
-	}
-	return fd, nil
+		return sysSetsockopt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	})
 }
 
 // keepAlive: a dead peer of an idle connection is found within about two minutes.

@@ -2,34 +2,39 @@ package lb
 
 import (
 	"context"
-	"errors"
-	"golang.org/x/sys/unix"
-	"net"
+	"fmt"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // udpListener forwards datagrams arriving on one VIP:port. The socket is bound to the VIP itself,
 // never a wildcard, so replies leave with the VIP as source (a wildcard socket would answer from
 // whatever address the main table picks, and clients drop such replies).
 //
-// Each client address gets a session: a socket connected to its real server, read by a goroutine
-// of its own, so a slow or dead server delays no one else's packets.
+// Each client address gets a session: a socket connected to its real server. The listener's
+// socket and the sockets of all its sessions sit on one loop (loop.go), which reads whichever
+// is ready, so a slow or dead server delays no one else's packets, and a session costs a
+// descriptor and a small struct, no goroutine.
 type udpListener struct {
-	b    *Balancer
-	key  listenerKey
-	conn *net.UDPConn
-	raw  syscall.RawConn
-	cur  atomic.Pointer[binding]
+	b   *Balancer
+	key listenerKey
+	lp  *loop
+	fd  int
+	cur atomic.Pointer[binding]
 
-	mu       sync.RWMutex
+	// Only the loop's goroutine touches sessions and groups.
 	sessions map[netip.AddrPort]*udpSession
-	retired  bool // no new sessions; close the socket when the last one ends
-	closed   bool
+	groups   []forwardGroup
+
+	// mu orders the state changes made from Apply and shutdown against the loop's.
+	mu      sync.Mutex
+	started bool
+	retired bool // no new sessions; close the socket when the last one ends
+	closed  bool
 
 	// stopIdle, when set (nanoseconds), is the idle time that ends a session while the box
 	// stops: a UDP session has no end of its own, so a stop would otherwise wait the whole
@@ -40,57 +45,126 @@ type udpListener struct {
 // stopIdleTimeout ends sessions quiet this long once a stop has begun.
 const stopIdleTimeout = time.Second
 
-// stopping shortens the idle timeout of the sessions for a stop and wakes every session so
-// that those already quiet end now.
-func (l *udpListener) stopping() {
-	l.stopIdle.Store(int64(stopIdleTimeout))
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	for _, s := range l.sessions {
-		_ = s.up.SetReadDeadline(time.Now())
-	}
-}
-
+// udpSession is one client of a UDP listener and the connected socket towards its server.
+// Only the listener's loop touches it.
 type udpSession struct {
-	l      *udpListener
-	client netip.AddrPort
-	up     *net.UDPConn
-	upRaw  syscall.RawConn
-	readFn func(fd uintptr) bool // s.readOnce, bound once
-	batch  *msgBatch             // set by readOnce
-	svc    *service
-	server *realServer  // nil for the sorry server
-	last   atomic.Int64 // unix nanoseconds of the last datagram either way
+	l        *udpListener
+	client   netip.AddrPort
+	fd       int
+	svc      *service
+	server   *realServer // nil for the sorry server
+	last     int64       // unix nanoseconds of the last datagram either way
+	stopDown func() bool // close_on_down's watch, if any
+	closed   bool
 }
 
 // maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
 // Lync's UDP services (STUN, media relay) stay far below it; a larger datagram is counted
 // (udp_too_large) and dropped, never forwarded truncated.
-const (
-	maxDatagram   = 9216
-	sessionBuffer = maxDatagram
-)
+const maxDatagram = 9216
 
-func newUDPListener(b *Balancer, k listenerKey, c *net.UDPConn) (*udpListener, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
+// udpBatch is how many datagrams one recvmmsg/sendmmsg call moves at most.
+const udpBatch = 32
+
+// udpRounds bounds the batches one socket is read for per wakeup, so that a flood on one
+// socket does not starve the others of the loop; the socket stays readable and the loop comes
+// back to it.
+const udpRounds = 4
+
+// udpLoop is what the UDP listeners of one loop share: the batches every datagram passes
+// through, used only by the loop's goroutine, and the listeners whose idle sessions the loop's
+// tick ends.
+type udpLoop struct {
+	in      *msgBatch // datagrams from clients
+	out     *msgBatch // one session's share of in, towards its server
+	replies *msgBatch // datagrams from a server, sent on to its client
+	lns     []*udpListener
+}
+
+// udpState returns the loop's UDP state, made with the loop's first UDP listener.
+func (lp *loop) udpState() *udpLoop {
+	if lp.udp == nil {
+		lp.udp = &udpLoop{
+			in:      newMsgBatch(udpBatch, maxDatagram),
+			out:     newMsgBatch(udpBatch, 0),
+			replies: newMsgBatch(udpBatch, maxDatagram),
+		}
+		lp.onTick(lp.udp.sweep)
 	}
-	return &udpListener{b: b, key: k, conn: c, raw: raw, sessions: map[netip.AddrPort]*udpSession{}}, nil
+	return lp.udp
+}
+
+// sweep ends the sessions idle for their service's UDP idle timeout.
+func (u *udpLoop) sweep(now int64) {
+	for _, l := range u.lns {
+		l.sweep(now)
+	}
+}
+
+// listenUDP opens a datagram socket on addr, also when the box does not hold addr yet (see
+// freebind). Go's poller never sees it: the listener's loop reads it.
+func listenUDP(addr netip.AddrPort) (int, error) {
+	sa, family := sockaddr(addr)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	opts := [][3]int{{unix.IPPROTO_IP, unix.IP_FREEBIND, 1}}
+	if family == unix.AF_INET6 {
+		opts = [][3]int{{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}, {unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1}}
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	return fd, nil
+}
+
+func newUDPListener(b *Balancer, k listenerKey, lp *loop, fd int) *udpListener {
+	return &udpListener{b: b, key: k, lp: lp, fd: fd, sessions: map[netip.AddrPort]*udpSession{}}
 }
 
 func (l *udpListener) rebind(bnd *binding) { l.cur.Store(bnd) }
 
 func (l *udpListener) start() {
+	l.mu.Lock()
+	l.started = true
+	l.mu.Unlock()
 	l.b.acceptWG.Add(1)
-	go l.serve()
+	l.lp.post(l.watch)
 }
 
+func (l *udpListener) watch() {
+	l.mu.Lock()
+	closed := l.closed
+	l.mu.Unlock()
+	if closed {
+		return
+	}
+	u := l.lp.udpState()
+	u.lns = append(u.lns, l)
+	if err := l.lp.add(l.fd, unix.EPOLLIN, l, 0); err != nil {
+		l.b.log.Error("listener not served", "listener", l.key.String(), "err", err)
+	}
+}
+
+// retire stops taking new sessions; the open ones go on until they are idle.
 func (l *udpListener) retire() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.retired = true
-	l.closeIfIdleLocked()
+	started := l.started
+	l.mu.Unlock()
+	if started {
+		l.lp.post(l.closeIfIdle)
+	} else {
+		l.closeIfIdle()
+	}
 }
 
 // revive takes a retired listener back into service when a reload adds its address again
@@ -106,42 +180,77 @@ func (l *udpListener) revive() bool {
 }
 
 func (l *udpListener) isClosed() bool {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.closed
 }
 
+// abort ends every session and closes the socket.
 func (l *udpListener) abort() {
 	l.mu.Lock()
-	sessions := make([]*udpSession, 0, len(l.sessions))
-	for _, s := range l.sessions {
-		sessions = append(sessions, s)
-	}
 	l.retired = true
+	started := l.started
 	l.mu.Unlock()
-	for _, s := range sessions {
-		_ = s.up.Close()
+	if !started {
+		l.closeIfIdle()
+		return
 	}
+	l.lp.post(func() {
+		for _, s := range l.sessions {
+			s.close()
+		}
+		l.closeIfIdle()
+	})
+}
+
+// stopping shortens the idle timeout of the sessions for a stop and ends those already quiet.
+func (l *udpListener) stopping() {
+	l.stopIdle.Store(int64(stopIdleTimeout))
+	l.lp.post(func() { l.sweep(l.lp.now) })
+}
+
+// closeIfIdle closes a retired listener that has no session left. On a started listener only
+// the loop calls it.
+func (l *udpListener) closeIfIdle() {
 	l.mu.Lock()
-	l.closeLocked()
-	l.mu.Unlock()
+	defer l.mu.Unlock()
+	if l.closed || !l.retired || len(l.sessions) > 0 {
+		return
+	}
+	l.closed = true
+	unix.Close(l.fd)
+	if !l.started {
+		return
+	}
+	l.lp.forget(l.fd)
+	if u := l.lp.udp; u != nil {
+		for i, x := range u.lns {
+			if x == l {
+				u.lns = append(u.lns[:i], u.lns[i+1:]...)
+				break
+			}
+		}
+	}
+	l.b.acceptWG.Done()
 }
 
-func (l *udpListener) closeIfIdleLocked() {
-	if l.retired && len(l.sessions) == 0 {
-		l.closeLocked()
+// idleTimeout is how long a session of svc may stay quiet.
+func (l *udpListener) idleTimeout(svc *service) int64 {
+	idle := int64(svc.cfg.UDPIdleTimeout)
+	if d := l.stopIdle.Load(); d > 0 {
+		return min(d, idle)
+	}
+	return idle
+}
+
+// sweep ends the sessions that have been idle for their service's UDP idle timeout.
+func (l *udpListener) sweep(now int64) {
+	for _, s := range l.sessions {
+		if now-s.last >= l.idleTimeout(s.svc) {
+			s.close()
+		}
 	}
 }
-
-func (l *udpListener) closeLocked() {
-	if !l.closed {
-		l.closed = true
-		_ = l.conn.Close()
-	}
-}
-
-// udpBatch is how many datagrams one recvmmsg/sendmmsg call moves at most.
-const udpBatch = 32
 
 // forwardGroup collects the datagrams of one batch that belong to one session.
 type forwardGroup struct {
@@ -166,66 +275,70 @@ func addToGroup(groups []forwardGroup, s *udpSession, i int) []forwardGroup {
 	return append(groups, forwardGroup{s: s, idx: []int{i}})
 }
 
-func (l *udpListener) serve() {
-	defer l.b.acceptWG.Done()
-	in := newMsgBatch(udpBatch, maxDatagram)
-	out := newMsgBatch(udpBatch, 0)
-	var groups []forwardGroup
-	for {
-		n, err := in.recv(l.raw)
+// handle reads the clients' datagrams and forwards them to their sessions' servers.
+func (l *udpListener) handle(lp *loop, _ int8, _ uint32) {
+	in := lp.udp.in
+	for range udpRounds {
+		n, err := in.recvNow(l.fd)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+			if err != unix.EAGAIN {
+				l.b.log.Warn("udp read failed", "listener", l.key.String(), "err", err)
 			}
-			l.b.log.Warn("udp read failed", "listener", l.key.String(), "err", err)
+			return
+		}
+		l.forward(lp, n)
+		if n < len(in.hdrs) {
+			return // the socket is drained, or nearly: if not, it is still readable
+		}
+	}
+}
+
+// forward sends the n datagrams of the loop's input batch on to their sessions' servers.
+func (l *udpListener) forward(lp *loop, n int) {
+	in, out := lp.udp.in, lp.udp.out
+	bnd := l.cur.Load()
+	st := bnd.svc.stats
+
+	// Group the batch by session so each session's datagrams go out in one sendmmsg; the
+	// order within a session is kept, which is all UDP promises.
+	groups := l.groups[:0]
+	for i := range n {
+		if in.truncated(i) {
+			st.drop(DropUDPTooLarge)
 			continue
 		}
-		bnd := l.cur.Load()
-		st := bnd.svc.stats
-		now := time.Now().UnixNano()
-
-		// Group the batch by session so each session's datagrams go out in one sendmmsg; the
-		// order within a session is kept, which is all UDP promises.
-		groups = groups[:0]
-		for i := range n {
-			if in.truncated(i) {
-				st.drop(DropUDPTooLarge)
+		from := in.from(i)
+		s := l.sessions[from]
+		if s == nil {
+			if s = l.newSession(lp, bnd, from); s == nil {
 				continue
 			}
-			from := in.from(i)
-			l.mu.RLock()
-			s := l.sessions[from]
-			l.mu.RUnlock()
-			if s == nil {
-				if s = l.newSession(bnd, from); s == nil {
-					continue
-				}
-			}
-			groups = addToGroup(groups, s, i)
 		}
-		for _, g := range groups {
-			g.s.last.Store(now)
-			var size uint64
-			for k, i := range g.idx {
-				out.carry(k, in.bufs[i][:in.lens[i]])
-				size += uint64(in.lens[i])
-			}
-			sent, err := out.send(g.s.upRaw, len(g.idx))
-			if sent < len(g.idx) {
-				// The server's socket is full or refused: those datagrams are lost, counted.
-				st.dropped[DropUDPSendFailed].Add(uint64(len(g.idx) - sent))
-				if err != nil {
-					l.b.log.Debug("udp send failed", "virtual_service", g.s.svc.cfg.Name, "err", err)
-				}
-			}
-			st.bytesIn.Add(size)
+		groups = addToGroup(groups, s, i)
+	}
+	l.groups = groups
+	for _, g := range groups {
+		g.s.last = lp.now
+		var size uint64
+		for k, i := range g.idx {
+			out.carry(k, in.bufs[i][:in.lens[i]])
+			size += uint64(in.lens[i])
 		}
+		sent, err := out.sendNow(g.s.fd, len(g.idx), netip.AddrPort{})
+		if sent < len(g.idx) {
+			// The server's socket is full or refused: those datagrams are lost, counted.
+			st.dropped[DropUDPSendFailed].Add(uint64(len(g.idx) - sent))
+			if err != nil {
+				l.b.log.Debug("udp send failed", "virtual_service", g.s.svc.cfg.Name, "err", err)
+			}
+		}
+		st.bytesIn.Add(size)
 	}
 }
 
 // newSession admits a new client: access control, the session bound, a server choice and the
 // connected socket towards it. It returns nil, counted, when the datagram must be dropped.
-func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSession {
+func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) *udpSession {
 	svc, st := bnd.svc, bnd.svc.stats
 	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied)
@@ -237,27 +350,18 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 		st.drop(DropUDPTableFull)
 		return nil
 	}
-	up, r, ok := connect(l.b, bnd, client, func(local, to netip.AddrPort) (*net.UDPConn, error) {
-		return svc.udpDialer.DialUDP(context.Background(), "udp", local, to)
-	})
+	fd, r, ok := connectUDP(l.b, bnd, client)
 	if !ok {
 		return nil
 	}
 	reject := func(reason DropReason) *udpSession {
-		_ = up.Close()
+		unix.Close(fd)
 		if r != nil {
 			r.active.Add(-1)
 		}
 		st.drop(reason)
 		return nil
 	}
-	raw, err := up.SyscallConn()
-	if err != nil {
-		return reject(DropUDPSendFailed)
-	}
-	s := &udpSession{l: l, client: client, up: up, upRaw: raw, svc: svc, server: r}
-	s.readFn = s.readOnce
-	s.last.Store(time.Now().UnixNano())
 
 	l.mu.Lock()
 	switch {
@@ -268,6 +372,12 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 		l.mu.Unlock()
 		return reject(DropUDPTableFull)
 	}
+	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now}
+	if err := lp.add(fd, unix.EPOLLIN, s, 0); err != nil {
+		l.mu.Unlock()
+		l.b.log.Warn("udp session dropped", "virtual_service", svc.cfg.Name, "err", err)
+		return reject(DropUDPSendFailed)
+	}
 	l.sessions[client] = s
 	st.udpSessions.Add(1)
 	st.accepted.Add(1)
@@ -276,117 +386,80 @@ func (l *udpListener) newSession(bnd *binding, client netip.AddrPort) *udpSessio
 	l.b.connWG.Add(1) // under l.mu with retired false: shutdown has not started waiting
 	l.mu.Unlock()
 
-	go s.relayReplies()
+	if r != nil && svc.cfg.CloseOnDown {
+		s.stopDown = context.AfterFunc(r.downContext(), func() { lp.post(s.close) })
+	}
 	return s
 }
 
-// replyBatches are the buffers sessions read replies into. A session takes one only when a
-// reply is there to read and gives it back before it waits again, so an idle session holds no
-// buffer.
-var replyBatches = sync.Pool{New: func() any { return newMsgBatch(8, sessionBuffer) }}
-
-// relayReplies sends the real server's datagrams back to the client from the VIP socket until
-// the session has been idle for the service's UDP idle timeout.
-func (s *udpSession) relayReplies() {
-	defer s.end()
-	if s.server != nil && s.svc.cfg.CloseOnDown {
-		stop := context.AfterFunc(s.server.downContext(), func() { _ = s.up.Close() })
-		defer stop()
-	}
-	st := s.svc.stats
-	idleTimeout := func() time.Duration {
-		if d := time.Duration(s.l.stopIdle.Load()); d > 0 {
-			return min(d, s.svc.cfg.UDPIdleTimeout)
-		}
-		return s.svc.cfg.UDPIdleTimeout
-	}
-	_ = s.up.SetReadDeadline(time.Unix(0, s.last.Load()).Add(idleTimeout()))
-	for {
-		b, n, err := s.readReplies()
-		switch {
-		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			// The deadline is moved only when it fires, not on every datagram.
-			last, idle := time.Unix(0, s.last.Load()), idleTimeout()
-			if time.Since(last) >= idle {
-				return
-			}
-			_ = s.up.SetReadDeadline(last.Add(idle))
-			continue
-		case errors.Is(err, syscall.ECONNREFUSED):
+// handle reads the server's datagrams and sends them to the client from the VIP socket.
+func (s *udpSession) handle(lp *loop, _ int8, _ uint32) {
+	b := lp.udp.replies
+	for range udpRounds {
+		n, err := b.recvNow(s.fd)
+		switch err {
+		case nil:
+		case unix.EAGAIN:
+			return
+		case unix.ECONNREFUSED:
 			continue // ICMP port unreachable from the server; health checks judge it
 		default:
-			return // closed by abort, or a hard error
+			s.close() // a hard error
+			return
 		}
-		s.last.Store(time.Now().UnixNano())
-		k := 0
-		var size uint64
-		for i := range n {
-			if b.truncated(i) {
-				st.drop(DropUDPTooLarge)
-				continue
-			}
-			if k != i {
-				b.bufs[k], b.bufs[i] = b.bufs[i], b.bufs[k]
-				b.iovs[k].Base, b.iovs[i].Base = &b.bufs[k][0], &b.bufs[i][0]
-			}
-			b.lens[k] = b.lens[i]
-			b.setDest(k, s.client)
-			size += uint64(b.lens[k])
-			k++
+		s.reply(lp, b, n)
+		if n < len(b.hdrs) {
+			return
 		}
-		sent, _ := b.send(s.l.raw, k)
-		replyBatches.Put(b)
-		if sent < k {
-			st.dropped[DropUDPSendFailed].Add(uint64(k - sent))
-		}
-		st.bytesOut.Add(size)
 	}
 }
 
-// readReplies waits for the server's datagrams and reads those queued into a pooled batch.
-func (s *udpSession) readReplies() (*msgBatch, int, error) {
-	s.batch = nil
-	err := s.upRaw.Read(s.readFn)
-	b := s.batch
-	if err == nil && b != nil && b.err != nil {
-		err = b.err
-	}
-	if err != nil {
-		if b != nil {
-			replyBatches.Put(b)
+// reply sends the n datagrams of batch b, read from the server, to the client.
+func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
+	st := s.svc.stats
+	s.last = lp.now
+	k := 0
+	var size uint64
+	for i := range n {
+		if b.truncated(i) {
+			st.drop(DropUDPTooLarge)
+			continue
 		}
-		return nil, 0, err
+		if k != i {
+			b.bufs[k], b.bufs[i] = b.bufs[i], b.bufs[k]
+			b.iovs[k].Base, b.iovs[i].Base = &b.bufs[k][0], &b.bufs[i][0]
+		}
+		b.lens[k] = b.lens[i]
+		size += uint64(b.lens[k])
+		k++
 	}
-	return b, b.n, nil
+	sent, _ := b.sendNow(s.l.fd, k, s.client)
+	if sent < k {
+		st.dropped[DropUDPSendFailed].Add(uint64(k - sent))
+	}
+	st.bytesOut.Add(size)
 }
 
-// readOnce is readFn: it takes a pooled batch only when replies are there, and gives it back
-// before Read waits.
-func (s *udpSession) readOnce(fd uintptr) bool {
-	b := replyBatches.Get().(*msgBatch)
-	b.n, b.err = b.recvNow(fd)
-	if b.err == unix.EAGAIN {
-		replyBatches.Put(b)
-		return false
+// close ends the session: idle, its server down with close_on_down, or the listener aborted.
+func (s *udpSession) close() {
+	if s.closed {
+		return
 	}
-	s.batch = b
-	return true
-}
-
-func (s *udpSession) end() {
-	_ = s.up.Close()
+	s.closed = true
 	l, st := s.l, s.svc.stats
-	l.mu.Lock()
+	l.lp.forget(s.fd)
+	unix.Close(s.fd)
+	if s.stopDown != nil {
+		s.stopDown()
+	}
 	if l.sessions[s.client] == s {
 		delete(l.sessions, s.client)
 	}
-	l.closeIfIdleLocked()
-	l.mu.Unlock()
 	st.udpSessions.Add(-1)
 	st.active.Add(-1)
 	if s.server != nil {
 		s.server.release(l.b.log, s.svc.cfg.Name)
 	}
 	l.b.connWG.Done()
+	l.closeIfIdle()
 }
