@@ -2,17 +2,21 @@ package lb
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -751,4 +755,74 @@ func TestKeepaliveFollowsService(t *testing.T) {
 	if got := keepalive(); got[0][0] != 0 || got[1][0] != 0 {
 		t.Fatalf("keepalive after a reload turned it off: %v, want off on both sockets", got)
 	}
+}
+
+// TestBackpressureKeepsEveryByte: a client that reads slowly, through a small receive buffer,
+// makes the balancer's writes stop short in both directions (the echo server stops reading
+// when its own writes stall). Every byte must still arrive once and in order, over the
+// buffered path (small writes) and the spliced one (large writes) alike.
+func TestBackpressureKeepsEveryByte(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "bulk", be.addr())
+	startBalancer(t, testConfig(vs))
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<10) })
+			}}
+			c, err := d.Dial("tcp", vipAddr(vs, 0))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			r := bufio.NewReader(c)
+			if _, err := r.ReadString('\n'); err != nil {
+				t.Error(err)
+				return
+			}
+			rng := rand.New(rand.NewPCG(uint64(i), 1))
+			data := make([]byte, 6<<20)
+			for j := range data {
+				data[j] = byte(rng.Uint32())
+			}
+			go func() {
+				for off := 0; off < len(data); {
+					n := min(len(data)-off, []int{1, 100, 3000, 70000, 1 << 20}[rng.IntN(5)])
+					if _, err := c.Write(data[off : off+n]); err != nil {
+						return
+					}
+					off += n
+				}
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+			time.Sleep(200 * time.Millisecond) // let the writes stall on the way back
+			got := sha256.New()
+			buf := make([]byte, 4096)
+			total := 0
+			for {
+				n, err := r.Read(buf)
+				got.Write(buf[:n])
+				total += n
+				if total < 1<<20 && n > 0 {
+					time.Sleep(time.Millisecond) // slow at first
+				}
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Errorf("connection %d after %d bytes: %v", i, total, err)
+					return
+				}
+			}
+			if want := sha256.Sum256(data); total != len(data) || !bytes.Equal(got.Sum(nil), want[:]) {
+				t.Errorf("connection %d: %d bytes back of %d, or not the same bytes", i, total, len(data))
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -62,6 +62,7 @@ type loop struct {
 	gen     int32
 	conns   []*tcpConn // open connections, for timeouts and the drain deadline
 	again   []*tcpConn // connections that stopped early for fairness, to continue next round
+	spare   []*tcpConn // the other of two lists for again, swapped each round
 	now     int64      // unix nanoseconds, read once per round
 	scratch []byte     // read buffer, shared by every connection of the loop
 	tickers []func(now int64)
@@ -189,12 +190,14 @@ func (lp *loop) run() {
 			}
 		}
 		if again := lp.again; len(again) > 0 {
-			lp.again = nil
-			for _, c := range again {
+			// Connections that stop early again go on the other list, for the next round.
+			lp.again = lp.spare[:0]
+			for i, c := range again {
 				c.queued = false
 				c.pump()
+				again[i] = nil
 			}
-			lp.again = again[:0:0]
+			lp.spare = again[:0]
 		}
 		if lp.now >= nextTick {
 			nextTick = lp.now + int64(loopTick)
