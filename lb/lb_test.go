@@ -826,3 +826,58 @@ func TestBackpressureKeepsEveryByte(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestSilentServerTimesOut: a real server that never answers the handshake (its accept queue
+// is full, so the kernel drops the SYNs) costs the client the dial timeout, then the next
+// server serves it.
+func TestSilentServerTimesOut(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	silent := addrPortOf(sa)
+	// Fill the accept queue (backlog 0 holds one) so that further SYNs go unanswered.
+	for range 2 {
+		c, err := net.DialTimeout("tcp", silent.String(), 500*time.Millisecond)
+		if err == nil {
+			defer c.Close()
+		}
+	}
+	be := startBackend(t, "alive")
+	vs := testService(t, "fe", silent, be.addr())
+	cfg := testConfig(vs)
+	cfg.Global.DialTimeout = 500 * time.Millisecond
+	bal, _ := startBalancer(t, cfg)
+	start := time.Now()
+	if server, echoed := exchange(t, vipAddr(vs, 0), "hi"); server != "alive" || echoed != "hi" {
+		t.Fatalf("got %q %q, want the alive server after the silent one timed out", server, echoed)
+	}
+	// Round robin starts with the silent server; the loop's tick is 250 ms.
+	if d := time.Since(start); d < 450*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("served after %v, want the dial timeout (500ms) plus at most a tick or two", d)
+	}
+	// Nothing stays counted: not the client, not the attempt at the silent server.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		st := bal.Status()[0]
+		busy := st.Active
+		for _, r := range st.RealServers {
+			busy += r.Active
+		}
+		if busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the exchange: %+v, want no active connection anywhere", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
