@@ -1,0 +1,180 @@
+package lb
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpListener is a listening socket served by every loop of the balancer: each loop watches it
+// (EPOLLEXCLUSIVE, so a new connection wakes one loop rather than all) and takes the
+// connections it accepts onto itself.
+type tcpListener struct {
+	b   *Balancer
+	key listenerKey
+	fd  int
+	cur atomic.Pointer[binding]
+
+	// mu keeps accept and close apart: a loop must never accept on a descriptor number that
+	// abort has closed, since the kernel may already have given it to another listener.
+	mu       sync.Mutex
+	started  bool
+	closed   bool
+	retired  bool
+	watching int // loops that have not yet stopped watching after retire
+	finished sync.Once
+}
+
+// acceptBatch bounds the connections one loop accepts per wakeup, so that a flood of new
+// connections does not starve the open ones; the listener stays ready and wakes it again.
+const acceptBatch = 64
+
+// maxBacklog asks for the longest accept queue; the kernel caps it at net.core.somaxconn.
+const maxBacklog = 65535
+
+// listenTCP opens a listening socket on addr, also when the box does not hold addr yet (see
+// freebind).
+func listenTCP(addr netip.AddrPort) (int, error) {
+	sa, family := sockaddr(addr)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	opts := [][3]int{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
+		// Accepted sockets inherit it: Nagle off on both legs (Microsoft asks it for the Edge).
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+		{unix.IPPROTO_IP, unix.IP_FREEBIND, 1},
+	}
+	if family == unix.AF_INET6 {
+		opts[2] = [3]int{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}
+		opts = append(opts, [3]int{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1})
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	if err := unix.Listen(fd, maxBacklog); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return fd, nil
+}
+
+// rebind serves bnd from now on. Accepted sockets inherit the listener's options, so the
+// service's keepalive setting is made here once, not on every connection.
+func (l *tcpListener) rebind(bnd *binding) {
+	setKeepalive(l.fd, bnd.svc.cfg.TCPKeepalive)
+	l.cur.Store(bnd)
+}
+
+func (l *tcpListener) start() {
+	l.mu.Lock()
+	l.started = true
+	l.watching = len(l.b.loops)
+	l.mu.Unlock()
+	l.b.tcpAcceptWG.Add(1)
+	for _, lp := range l.b.loops {
+		lp.post(func() { l.watch(lp) })
+	}
+}
+
+func (l *tcpListener) watch(lp *loop) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.retired {
+		return
+	}
+	if err := lp.add(l.fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, l, 0); err != nil {
+		l.b.log.Error("listener not served", "listener", l.key.String(), "err", err)
+	}
+}
+
+// retire stops the listener after each loop has accepted the connections queued in its
+// backlog: closing it at once would reset them.
+func (l *tcpListener) retire() {
+	l.mu.Lock()
+	l.retired = true
+	l.mu.Unlock()
+	for _, lp := range l.b.loops {
+		lp.post(func() { l.unwatch(lp) })
+	}
+}
+
+func (l *tcpListener) unwatch(lp *loop) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		for l.acceptSome(lp) {
+		}
+		lp.remove(l.fd)
+	}
+	l.watching--
+	if l.watching == 0 {
+		l.closeLocked()
+	}
+}
+
+// abort closes the socket now: a successor needs the address.
+func (l *tcpListener) abort() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closeLocked()
+	for _, lp := range l.b.loops {
+		fd := l.fd
+		lp.post(func() { lp.forgetIf(fd, l) })
+	}
+}
+
+func (l *tcpListener) closeLocked() {
+	if !l.closed {
+		l.closed = true
+		unix.Close(l.fd)
+	}
+	if l.started {
+		l.finished.Do(l.b.tcpAcceptWG.Done)
+	}
+}
+
+func (l *tcpListener) handle(lp *loop, _ int8, _ uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.acceptSome(lp)
+	}
+}
+
+// acceptSome accepts up to acceptBatch connections onto lp; it reports whether more may be
+// queued.
+func (l *tcpListener) acceptSome(lp *loop) bool {
+	for range acceptBatch {
+		fd, client, err := sysAccept(l.fd)
+		switch err {
+		case 0:
+			l.b.acceptTCP(lp, fd, client, l.cur.Load())
+		case unix.EINTR, unix.ECONNABORTED:
+		case unix.EAGAIN:
+			return false
+		default:
+			// Out of descriptors or memory: stop watching for a while rather than spin on a
+			// listener that stays ready, as HAProxy does.
+			l.b.log.Warn("accept failed", "listener", l.key.String(), "err", err, "retry_in", acceptPause)
+			lp.remove(l.fd)
+			time.AfterFunc(acceptPause, func() { lp.post(func() { l.watch(lp) }) })
+			return false
+		}
+	}
+	return true
+}
+
+const acceptPause = 100 * time.Millisecond
