@@ -37,7 +37,12 @@ type backend struct {
 
 func startBackend(t *testing.T, name string) *backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startBackendOn(t, name, "127.0.0.1:0")
+}
+
+func startBackendOn(t *testing.T, name, addr string) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -879,5 +884,35 @@ func TestSilentServerTimesOut(t *testing.T) {
 			t.Fatalf("after the exchange: %+v, want no active connection anywhere", st)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestTCPOverIPv6: a VIP on ::1 forwards to IPv6 and IPv4 real servers alike, and the real
+// server sees the balancer's address of its own family.
+func TestTCPOverIPv6(t *testing.T) {
+	v6 := startBackendOn(t, "six", "[::1]:0")
+	v4 := startBackend(t, "four")
+	for _, be := range []*backend{v6, v4} {
+		vs := testService(t, "web6", be.addr())
+		ln, err := net.Listen("tcp", "[::1]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := addrPort(ln.Addr()).Port()
+		ln.Close()
+		vs.VIP = netip.IPv6Loopback()
+		vs.Ports = []config.Port{{Listen: p, Target: p, Proto: config.TCP}}
+		_, stop := startBalancer(t, testConfig(vs))
+		msg := strings.Repeat("v6 ", 30000)
+		if server, echoed := exchange(t, vipAddr(vs, 0), msg); server != be.name || echoed != msg {
+			t.Fatalf("through [::1]:%d to %s: server %q, %d bytes echoed of %d", p, be.addr(), server, len(echoed), len(msg))
+		}
+		stop()
+		be.mu.Lock()
+		seen := be.seen[len(be.seen)-1]
+		be.mu.Unlock()
+		if seen.Is6() != be.addr().Addr().Is6() {
+			t.Fatalf("real server %s saw the balancer as %s", be.addr(), seen)
+		}
 	}
 }
