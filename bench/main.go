@@ -15,10 +15,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -166,6 +168,9 @@ func run() error {
 		cands = append(cands, findCandidate(name))
 	}
 	if err := checkRequirements(o, ws, cands); err != nil {
+		return err
+	}
+	if err := checkPorts(); err != nil {
 		return err
 	}
 	if o.readme != "" { // fail now rather than after the runs
@@ -378,6 +383,38 @@ func checkRequirements(o *options, ws []*workload, cands []*candidate) error {
 		return fmt.Errorf("missing what the selected runs need (bench installs nothing itself):\n%s\n"+
 			"on Debian/Ubuntu: apt-get install haproxy nginx-light libnginx-mod-stream iperf3 wrk\n"+
 			"or narrow the run with -proxies and -workloads", strings.Join(missing, "\n"))
+	}
+	return nil
+}
+
+// checkPorts fails at once, naming the port, when one of the fixed loopback ports the runs
+// use is taken: otherwise every run of the candidate that needs it fails, one after another.
+func checkPorts() error {
+	var busy []string
+	tcp := []int{portBulk, portHTTP, portIdle}
+	for _, p := range tcp {
+		tcp = append(tcp, p+backendOffset)
+	}
+	_, admin, _ := strings.Cut(pairlbAdmin, ":")
+	if p, err := strconv.Atoi(admin); err == nil {
+		tcp = append(tcp, p)
+	}
+	for _, p := range tcp {
+		if ln, err := net.Listen("tcp", net.JoinHostPort(loopback, strconv.Itoa(p))); err != nil {
+			busy = append(busy, fmt.Sprintf("%d/tcp", p))
+		} else {
+			ln.Close()
+		}
+	}
+	for _, p := range []int{portUDP, portUDP + backendOffset} {
+		if c, err := net.ListenPacket("udp", net.JoinHostPort(loopback, strconv.Itoa(p))); err != nil {
+			busy = append(busy, fmt.Sprintf("%d/udp", p))
+		} else {
+			c.Close()
+		}
+	}
+	if len(busy) > 0 {
+		return fmt.Errorf("ports in use on %s: %s (another bench run, or a pairlb, HAProxy or nginx left running?)", loopback, strings.Join(busy, ", "))
 	}
 	return nil
 }
