@@ -37,22 +37,35 @@ const acceptBatch = 64
 const maxBacklog = 65535
 
 // listenTCP opens a listening socket on addr, also when the box does not hold addr yet (see
-// freebind).
+// bindVIP).
 func listenTCP(addr netip.AddrPort) (int, error) {
+	fd, err := bindVIP(addr, unix.SOCK_STREAM,
+		[3]int{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
+		// Accepted sockets inherit it: Nagle off on both legs (Microsoft asks it for the Edge).
+		[3]int{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1})
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Listen(fd, maxBacklog); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return fd, nil
+}
+
+// bindVIP opens a non-blocking socket of sotype bound to addr, with the options given and
+// IP_FREEBIND, so that a listener can bind a VIP the box does not hold yet: on the standby of
+// a pair the VIP arrives with keepalived, and the listener must already be there to serve it.
+func bindVIP(addr netip.AddrPort, sotype int, opts ...[3]int) (int, error) {
 	sa, family := sockaddr(addr)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(family, sotype|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
 	}
-	opts := [][3]int{
-		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
-		// Accepted sockets inherit it: Nagle off on both legs (Microsoft asks it for the Edge).
-		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
-		{unix.IPPROTO_IP, unix.IP_FREEBIND, 1},
-	}
 	if family == unix.AF_INET6 {
-		opts[2] = [3]int{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}
-		opts = append(opts, [3]int{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1})
+		opts = append(opts, [3]int{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}, [3]int{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1})
+	} else {
+		opts = append(opts, [3]int{unix.IPPROTO_IP, unix.IP_FREEBIND, 1})
 	}
 	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
@@ -63,10 +76,6 @@ func listenTCP(addr netip.AddrPort) (int, error) {
 	if err := unix.Bind(fd, sa); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("bind %s: %w", addr, err)
-	}
-	if err := unix.Listen(fd, maxBacklog); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return fd, nil
 }

@@ -2,7 +2,6 @@ package lb
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -102,28 +101,9 @@ func (u *udpLoop) sweep(now int64) {
 }
 
 // listenUDP opens a datagram socket on addr, also when the box does not hold addr yet (see
-// freebind). Go's poller never sees it: the listener's loop reads it.
+// bindVIP). Go's poller never sees it: the listener's loop reads it.
 func listenUDP(addr netip.AddrPort) (int, error) {
-	sa, family := sockaddr(addr)
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
-	}
-	opts := [][3]int{{unix.IPPROTO_IP, unix.IP_FREEBIND, 1}}
-	if family == unix.AF_INET6 {
-		opts = [][3]int{{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}, {unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1}}
-	}
-	for _, o := range opts {
-		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
-		}
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("bind %s: %w", addr, err)
-	}
-	return fd, nil
+	return bindVIP(addr, unix.SOCK_DGRAM)
 }
 
 func newUDPListener(b *Balancer, k listenerKey, lp *loop, fd int) *udpListener {
