@@ -729,11 +729,15 @@ func TestKeepaliveFollowsService(t *testing.T) {
 		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
 			t.Fatal(err)
 		}
+		client := addrPort(c.LocalAddr())
 		got := make(chan [2][2]int, len(bal.loops))
 		for _, lp := range bal.loops {
 			lp.post(func() {
 				var r [2][2]int
 				for _, conn := range lp.conns {
+					if conn.plan.client != client {
+						continue // an earlier connection, not yet seen closing
+					}
 					for side, fd := range conn.fd {
 						r[side][0], _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
 						r[side][1], _ = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
