@@ -96,6 +96,7 @@ func writeConfig(path, tmpl string, data any) error {
 type configData struct {
 	Dir      string
 	TCP      []int
+	Deferred int // the TCP port whose clients speak first: accept deferred where the proxy can (nginx stream cannot)
 	UDP      int
 	Offset   int
 	MaxConn  int
@@ -107,7 +108,7 @@ type configData struct {
 
 func (e *proxyEnv) data() configData {
 	return configData{
-		Dir: e.dir, TCP: tcpFronts, UDP: portUDP, Offset: backendOffset, Loopback: loopback,
+		Dir: e.dir, TCP: tcpFronts, Deferred: portHTTP, UDP: portUDP, Offset: backendOffset, Loopback: loopback,
 		MaxConn: e.maxConns, NoFile: fdLimit, Admin: pairlbAdmin,
 	}
 }
@@ -125,6 +126,9 @@ virtual_services:
     ports: ["{{.}}/tcp->{{add . $.Offset}}"]
     scheduler: roundrobin
     health: {type: none}
+{{- if eq . $.Deferred}}
+    defer_accept: true
+{{- end}}
     real_servers: [{address: {{$.Loopback}}}]
 {{- end}}
   - name: bench-udp-{{.UDP}}
@@ -160,7 +164,7 @@ defaults
   {{.Splice}}
 {{range .TCP}}
 frontend f{{.}}
-  bind {{$.Loopback}}:{{.}}
+  bind {{$.Loopback}}:{{.}}{{if eq . $.Deferred}} defer-accept{{end}}
   default_backend b{{.}}
 
 backend b{{.}}

@@ -192,9 +192,13 @@ type VirtualService struct {
 	Access            Access
 	// SorryServer takes new connections when no real server is available. Its port is 0 when
 	// the file gave none: then the target port of the virtual-service port applies.
-	SorryServer    netip.AddrPort
-	Health         Health
-	CloseOnDown    bool
+	SorryServer netip.AddrPort
+	Health      Health
+	CloseOnDown bool
+	// DeferAccept takes a TCP connection only once the client has sent data (TCP_DEFER_ACCEPT):
+	// for protocols where the client speaks first (HTTP, TLS, SIP), it spares the balancer a
+	// wakeup per connection and connections that never send anything.
+	DeferAccept    bool
 	RealServers    []RealServer
 	UDPIdleTimeout time.Duration
 	UDPMaxSessions int

@@ -35,7 +35,7 @@ var (
 	serviceKeys = []string{"name", "vip", "ports", "default_gateway", "scheduler", "persistence",
 		"idle_timeout", "tcp_keepalive", "reset_on_close", "transparent", "subnet_originating",
 		"source_addresses", "access", "sorry_server", "health", "close_on_down", "udp",
-		"real_servers", "unavailable_redirect", "redirect"}
+		"real_servers", "unavailable_redirect", "redirect", "defer_accept"}
 	persistenceKeys = []string{"type", "timeout", "max_entries"}
 	accessKeys      = []string{"allow", "deny"}
 	healthKeys      = []string{"type", "port", "method", "path", "host", "sni", "expect", "verify",
@@ -226,6 +226,15 @@ func (p *parser) service(node *yaml.Node, path string, g Global) (VirtualService
 	vs.Transparent = p.boolean(f, "transparent", false)
 	vs.SubnetOriginating = p.boolean(f, "subnet_originating", false)
 	vs.CloseOnDown = p.boolean(f, "close_on_down", false)
+	vs.DeferAccept = p.boolean(f, "defer_accept", false)
+	if n := f.vals["defer_accept"]; vs.DeferAccept {
+		switch {
+		case f.has("redirect"):
+			p.bad(n, f.at("defer_accept"), "not for a redirector")
+		case !slices.ContainsFunc(vs.Ports, func(pt Port) bool { return pt.Proto == TCP }):
+			p.bad(n, f.at("defer_accept"), "applies to TCP ports; this service has none")
+		}
+	}
 	p.sourceAddresses(f, &vs, &at)
 	vs.Access = p.access(p.section(f, "access", accessKeys...))
 	if n := p.scalar(f, "sorry_server"); n != nil {

@@ -119,6 +119,7 @@ virtual_services:
     sorry_server: 10.11.0.99:443
     health: {type: https, port: 5061, method: HEAD, path: /health, host: web.example, sni: sni.example, expect: [200, 204], verify: true, interval: 5s, timeout: 2s, rise: 3, fall: 4, initial: up}
     close_on_down: true
+    defer_accept: true
     udp: {idle_timeout: 30s, max_sessions: 1000}
     real_servers:
       - {address: 10.11.1.11, weight: 5}
@@ -175,6 +176,7 @@ virtual_services:
 			Interval: 5 * time.Second, Timeout: 2 * time.Second, Rise: 3, Fall: 4, InitialUp: true,
 		},
 		CloseOnDown: true,
+		DeferAccept: true,
 		RealServers: []RealServer{
 			{Address: addr("10.11.1.11"), Weight: 5, Enabled: true},
 			{Address: addr("10.11.1.12"), Weight: 1, Enabled: false},
@@ -328,6 +330,10 @@ func TestRejects(t *testing.T) {
 			"virtual_services[0].vip", "", "duplicate key, first given at line 3", 4},
 		{"merge key", services(`{<<: {name: a}, vip: 192.0.2.10, ports: ["80/tcp"], ` + rs + `}`), "virtual_services[0]", "<<", "merge keys", 2},
 		{"missing name", services(`{vip: 192.0.2.10, ports: ["80/tcp"], ` + rs + `}`), "virtual_services[0].name", "", "required", 2},
+		{"defer_accept without TCP", services(`{name: a, vip: 192.0.2.10, ports: ["3478/udp"], defer_accept: true, ` + rs + `}`),
+			"virtual_services[0].defer_accept", "true", "applies to TCP ports", 2},
+		{"defer_accept on a redirector", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], defer_accept: true, redirect: "https://%h%s"}`),
+			"virtual_services[0].defer_accept", "true", "not for a redirector", 2},
 		{"bad name", services(`{name: "fe web", vip: 192.0.2.10, ports: ["80/tcp"], ` + rs + `}`), "virtual_services[0].name", "fe web", "letters, digits", 2},
 		{"long name", services(`{name: ` + strings.Repeat("a", 64) + `, vip: 192.0.2.10, ports: ["80/tcp"], ` + rs + `}`),
 			"virtual_services[0].name", strings.Repeat("a", 64), "1-63", 2},

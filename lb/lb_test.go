@@ -920,3 +920,39 @@ func TestTCPOverIPv6(t *testing.T) {
 		}
 	}
 }
+
+// TestDeferAccept: with defer_accept the listener takes connections once the client has sent
+// something; a client that waits for the server to speak first is served late, not lost; a
+// reload turns it off again.
+func TestDeferAccept(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "sip", be.addr())
+	vs.DeferAccept = true
+	bal, _ := startBalancer(t, testConfig(vs))
+	l := bal.listeners[listenerKey{kind: kindTCP, addr: netip.AddrPortFrom(vs.VIP, vs.Ports[0].Listen)}].(*tcpListener)
+	if v, err := unix.GetsockoptInt(l.fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT); err != nil || v == 0 {
+		t.Fatalf("TCP_DEFER_ACCEPT on the listener: %d, %v; want it set", v, err)
+	}
+	if server, echoed := exchange(t, vipAddr(vs, 0), "INVITE"); server != "a" || echoed != "INVITE" {
+		t.Fatalf("client speaking first: %q %q", server, echoed)
+	}
+	// A client that waits for the greeting: the kernel hands the connection over once the
+	// deferral has run out.
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(8 * time.Second))
+	start := time.Now()
+	if g, err := bufio.NewReader(c).ReadString('\n'); err != nil || g != "a\n" {
+		t.Fatalf("server speaking first, after %v: %q %v", time.Since(start), g, err)
+	}
+	vs.DeferAccept = false
+	if err := bal.Apply(testConfig(vs)); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := unix.GetsockoptInt(l.fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT); err != nil || v != 0 {
+		t.Fatalf("TCP_DEFER_ACCEPT after a reload without it: %d, %v; want 0", v, err)
+	}
+}

@@ -84,8 +84,19 @@ func bindVIP(addr netip.AddrPort, sotype int, opts ...[3]int) (int, error) {
 // service's keepalive setting is made here once, not on every connection.
 func (l *tcpListener) rebind(bnd *binding) {
 	setKeepalive(l.fd, bnd.svc.cfg.TCPKeepalive)
+	deferSecs := 0
+	if bnd.svc.cfg.DeferAccept {
+		deferSecs = deferAcceptSeconds
+	}
+	_ = unix.SetsockoptInt(l.fd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, deferSecs)
 	l.cur.Store(bnd)
 }
+
+// deferAcceptSeconds is how long a deferred connection waits for the client's first bytes. A
+// client that waits for the server to speak first is not lost, only late: once this has passed,
+// the kernel hands the connection over at the client's next ACK (after a SYN-ACK resent about a
+// second later).
+const deferAcceptSeconds = 1
 
 func (l *tcpListener) start() {
 	l.mu.Lock()
