@@ -55,6 +55,7 @@ type Global struct {
 	DialTimeout         time.Duration
 	TCPKeepalive        bool
 	ResetOnClose        bool
+	DeferAccept         bool // default of the TCP services that are not redirectors
 }
 
 // Proto is a transport protocol of a virtual-service port.

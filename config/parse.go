@@ -31,7 +31,7 @@ const (
 var (
 	topKeys    = []string{"global", "virtual_services", "pair"}
 	globalKeys = []string{"use_default_route_only", "manage_addresses", "admin", "admin_token_file",
-		"idle_timeout", "drain_timeout", "dial_timeout", "tcp_keepalive", "reset_on_close"}
+		"idle_timeout", "drain_timeout", "dial_timeout", "tcp_keepalive", "reset_on_close", "defer_accept"}
 	serviceKeys = []string{"name", "vip", "ports", "default_gateway", "scheduler", "persistence",
 		"idle_timeout", "tcp_keepalive", "reset_on_close", "transparent", "subnet_originating",
 		"source_addresses", "access", "sorry_server", "health", "close_on_down", "udp",
@@ -161,6 +161,7 @@ func (p *parser) global(f fields) Global {
 		DialTimeout:         p.duration(f, "dial_timeout", DefaultDialTimeout, 0, maxDialTimeout),
 		TCPKeepalive:        p.boolean(f, "tcp_keepalive", true),
 		ResetOnClose:        p.boolean(f, "reset_on_close", false),
+		DeferAccept:         p.boolean(f, "defer_accept", false),
 	}
 	if n := p.scalar(f, "admin"); n != nil {
 		if ap, err := parseListen(n.Value); err != nil {
@@ -226,12 +227,15 @@ func (p *parser) service(node *yaml.Node, path string, g Global) (VirtualService
 	vs.Transparent = p.boolean(f, "transparent", false)
 	vs.SubnetOriginating = p.boolean(f, "subnet_originating", false)
 	vs.CloseOnDown = p.boolean(f, "close_on_down", false)
-	vs.DeferAccept = p.boolean(f, "defer_accept", false)
+	// The global default reaches the services it can apply to; a service that asks for it
+	// where it cannot apply is told so.
+	hasTCP := slices.ContainsFunc(vs.Ports, func(pt Port) bool { return pt.Proto == TCP })
+	vs.DeferAccept = p.boolean(f, "defer_accept", g.DeferAccept && hasTCP && !f.has("redirect"))
 	if n := f.vals["defer_accept"]; vs.DeferAccept {
 		switch {
 		case f.has("redirect"):
 			p.bad(n, f.at("defer_accept"), "not for a redirector")
-		case !slices.ContainsFunc(vs.Ports, func(pt Port) bool { return pt.Proto == TCP }):
+		case !hasTCP:
 			p.bad(n, f.at("defer_accept"), "applies to TCP ports; this service has none")
 		}
 	}

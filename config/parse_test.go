@@ -211,24 +211,31 @@ virtual_services:
 }
 
 func TestInheritance(t *testing.T) {
-	src := "global: {idle_timeout: 600s, tcp_keepalive: false, reset_on_close: true}\n" + services(
+	src := "global: {idle_timeout: 600s, tcp_keepalive: false, reset_on_close: true, defer_accept: true}\n" + services(
 		`{name: inherits, vip: 192.0.2.10, ports: ["80/tcp"], real_servers: [{address: 192.0.2.21}]}`,
-		`{name: own, vip: 192.0.2.10, ports: ["81/tcp"], real_servers: [{address: 192.0.2.21}], idle_timeout: 3600s, tcp_keepalive: true, reset_on_close: false}`,
+		`{name: own, vip: 192.0.2.10, ports: ["81/tcp"], real_servers: [{address: 192.0.2.21}], idle_timeout: 3600s, tcp_keepalive: true, reset_on_close: false, defer_accept: false}`,
+		`{name: udp-only, vip: 192.0.2.10, ports: ["3478/udp"], real_servers: [{address: 192.0.2.21}]}`,
+		`{name: redirector, vip: 192.0.2.10, ports: ["82/tcp"], redirect: "https://%h%s"}`,
 	)
 	cfg, err := Parse("test.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
 	type resolved struct {
-		Idle              time.Duration
-		Keepalive, Reset  bool
-		HealthTimeoutSane bool
+		Idle                          time.Duration
+		Keepalive, Reset, DeferAccept bool
+		HealthTimeoutSane             bool
 	}
 	var got []resolved
 	for _, vs := range cfg.VirtualServices {
-		got = append(got, resolved{vs.IdleTimeout, vs.TCPKeepalive, vs.ResetOnClose, vs.Health.Timeout <= vs.Health.Interval})
+		got = append(got, resolved{vs.IdleTimeout, vs.TCPKeepalive, vs.ResetOnClose, vs.DeferAccept, vs.Health.Timeout <= vs.Health.Interval})
 	}
-	want := []resolved{{600 * time.Second, false, true, true}, {3600 * time.Second, true, false, true}}
+	want := []resolved{
+		{600 * time.Second, false, true, true, true},
+		{3600 * time.Second, true, false, false, true},
+		{600 * time.Second, false, true, false, true}, // defer_accept is for TCP
+		{600 * time.Second, false, true, false, true}, // and not for a redirector
+	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("resolved settings (-want +got):\n%s", diff)
 	}

@@ -223,6 +223,7 @@ func Render(cfg *config.Config, header string) []byte {
 	fmt.Fprintf(&b, "  dial_timeout: %s\n", dur(g.DialTimeout))
 	fmt.Fprintf(&b, "  tcp_keepalive: %t\n", g.TCPKeepalive)
 	fmt.Fprintf(&b, "  reset_on_close: %t\n", g.ResetOnClose)
+	fmt.Fprintf(&b, "  defer_accept: %t\n", g.DeferAccept)
 	b.WriteString("\nvirtual_services:\n")
 	for i := range cfg.VirtualServices {
 		if i > 0 {
@@ -253,6 +254,7 @@ func renderService(b *strings.Builder, vs *config.VirtualService) {
 	fmt.Fprintf(b, "    transparent: %t\n", vs.Transparent)
 	fmt.Fprintf(b, "    subnet_originating: %t\n", vs.SubnetOriginating)
 	fmt.Fprintf(b, "    close_on_down: %t\n", vs.CloseOnDown)
+	fmt.Fprintf(b, "    defer_accept: %t\n", vs.DeferAccept)
 	if len(vs.SourceAddresses) > 0 {
 		fmt.Fprintf(b, "    source_addresses: [%s]\n", joinStrings(vs.SourceAddresses))
 	}
