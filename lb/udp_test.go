@@ -90,7 +90,9 @@ func TestUDPTooLargeDropped(t *testing.T) {
 // TestUDPRefusedKeepsSession: ICMP port unreachable from a server whose port is closed for a
 // moment does not end the session; health checks judge servers.
 func TestUDPRefusedKeepsSession(t *testing.T) {
-	closed, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	// An address of this test's own: no other test binds on it, so the port is still free
+	// when the server comes back.
+	closed, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 78)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +112,7 @@ func TestUDPRefusedKeepsSession(t *testing.T) {
 	}
 	back, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 	if err != nil {
-		t.Skipf("port %s taken again meanwhile: %v", addr, err)
+		t.Fatalf("the server's port %s, free a moment ago: %v", addr, err)
 	}
 	defer back.Close()
 	go func() {
