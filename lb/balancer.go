@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -33,9 +34,10 @@ type Balancer struct {
 	retiring  map[listenerKey]*udpListener // removed UDP listeners still serving their sessions
 	stopping  bool
 
-	// connWG counts open connections and UDP sessions. tcpAcceptWG counts TCP accept loops, the
-	// only code that adds to connWG without a lock: shutdown waits for them to end before it
-	// waits for connWG. acceptWG counts the other listener goroutines.
+	// connWG counts open connections and UDP sessions. tcpAcceptWG counts the TCP listeners
+	// some loop still accepts on, the only code that adds to connWG without a lock: shutdown
+	// waits for them to stop before it waits for connWG. acceptWG counts open UDP listeners and
+	// the redirectors' goroutines.
 	connWG      sync.WaitGroup
 	tcpAcceptWG sync.WaitGroup
 	acceptWG    sync.WaitGroup
@@ -241,7 +243,6 @@ func sameSocket(a, b listenerKey) bool {
 }
 
 func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
-	lc := net.ListenConfig{Control: freebind, KeepAlive: -1}
 	switch k.kind {
 	case kindUDP:
 		fd, err := listenUDP(k.addr)
@@ -253,9 +254,16 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 		b.udpListeners++
 		return newUDPListener(b, k, lp, fd), nil
 	case kindRedirect:
-		ln, err := lc.Listen(context.Background(), "tcp", k.addr.String())
+		// The same socket as a forwarding listener's, served by net/http.
+		fd, err := listenTCP(k.addr)
 		if err != nil {
 			return nil, err
+		}
+		f := os.NewFile(uintptr(fd), k.String())
+		ln, err := net.FileListener(f) // a duplicate of fd
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", k, err)
 		}
 		return newRedirectListener(b, ln), nil
 	default:

@@ -956,3 +956,44 @@ func TestDeferAccept(t *testing.T) {
 		t.Fatalf("TCP_DEFER_ACCEPT after a reload without it: %d, %v; want 0", v, err)
 	}
 }
+
+// TestSeveralLoops: with three loops sharing a listener, connections work on whichever loop
+// took them, and a reload that moves the port retires the listener on every loop: it closes
+// only when the last loop has let go, and the stop then finds nothing left.
+func TestSeveralLoops(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	be := startBackend(t, "a")
+	vs := testService(t, "web", be.addr())
+	bal, _ := startBalancer(t, testConfig(vs))
+	if len(bal.loops) != 3 {
+		t.Fatalf("%d loops with GOMAXPROCS 3", len(bal.loops))
+	}
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Go(func() {
+			msg := fmt.Sprintf("hello %d", i)
+			if server, echoed := exchange(t, vipAddr(vs, 0), msg); server != "a" || echoed != msg {
+				t.Errorf("connection %d: %q %q", i, server, echoed)
+			}
+		})
+	}
+	wg.Wait()
+	moved := testService(t, "web", be.addr())
+	if err := bal.Apply(testConfig(moved)); err != nil {
+		t.Fatal(err)
+	}
+	if server, echoed := exchange(t, vipAddr(moved, 0), "moved"); server != "a" || echoed != "moved" {
+		t.Fatalf("after the port moved: %q %q", server, echoed)
+	}
+	// Retiring is handed to the loops; it completes within moments, on all of them.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", vipAddr(vs, 0), time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the old port still accepts 2s after the reload retired it")
+		}
+	}
+}
