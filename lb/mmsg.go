@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"unsafe"
 
@@ -93,24 +92,7 @@ func (b *msgBatch) reset() {
 func (b *msgBatch) truncated(i int) bool { return b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }
 
 // from is the source address of datagram i after recv.
-func (b *msgBatch) from(i int) netip.AddrPort {
-	sa := &b.names[i]
-	switch sa.Family {
-	case unix.AF_INET:
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), netPort(&sa4.Port))
-	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), netPort(&sa.Port))
-	}
-	return netip.AddrPort{}
-}
-
-// netPort reads a port stored in network byte order; setNetPort stores one.
-func netPort(p *uint16) uint16 { return binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(p))[:]) }
-
-func setNetPort(p *uint16, port uint16) {
-	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(p))[:], port)
-}
+func (b *msgBatch) from(i int) netip.AddrPort { return getSockaddr(&b.names[i]) }
 
 // destination is the socket address of a for a message header: nil for an invalid a, for a
 // connected socket.
@@ -118,16 +100,8 @@ func (b *msgBatch) destination(a netip.AddrPort) (*byte, uint32) {
 	if !a.IsValid() {
 		return nil, 0
 	}
-	sa := &b.dest
-	if a.Addr().Is4() {
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.Addr().As4()}
-		setNetPort(&sa4.Port, a.Port())
-		return (*byte)(unsafe.Pointer(sa)), unix.SizeofSockaddrInet4
-	}
-	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.Addr().As16()}
-	setNetPort(&sa.Port, a.Port())
-	return (*byte)(unsafe.Pointer(sa)), unix.SizeofSockaddrInet6
+	n := putSockaddr(&b.dest, a)
+	return (*byte)(unsafe.Pointer(&b.dest)), n
 }
 
 // gsoMaxSegment is the largest datagram sent by segmentation offload: it fits the smallest

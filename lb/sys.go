@@ -2,7 +2,6 @@ package lb
 
 import (
 	"encoding/binary"
-	"net"
 	"net/netip"
 	"unsafe"
 
@@ -54,29 +53,29 @@ func sysSetsockopt(fd, level, opt, v int) unix.Errno {
 }
 
 func sysBind(fd int, ap netip.AddrPort) unix.Errno {
-	var rsa unix.RawSockaddrAny
-	n := putSockaddr(&rsa, ap)
-	_, _, e := unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), n)
+	var sa unix.RawSockaddrInet6
+	n := putSockaddr(&sa, ap)
+	_, _, e := unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n))
 	return e
 }
 
 func sysConnect(fd int, ap netip.AddrPort) unix.Errno {
-	var rsa unix.RawSockaddrAny
-	n := putSockaddr(&rsa, ap)
-	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), n)
+	var sa unix.RawSockaddrInet6
+	n := putSockaddr(&sa, ap)
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n))
 	return e
 }
 
 // sysAccept takes a connection off listener fd, with the client's address.
 func sysAccept(fd int) (int, netip.AddrPort, unix.Errno) {
-	var rsa unix.RawSockaddrAny
-	n := uint32(unix.SizeofSockaddrAny)
-	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)),
+	var sa unix.RawSockaddrInet6
+	n := uint32(unix.SizeofSockaddrInet6)
+	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&sa)),
 		uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, netip.AddrPort{}, e
 	}
-	return int(nfd), getSockaddr(&rsa), 0
+	return int(nfd), getSockaddr(&sa), 0
 }
 
 func sysEpollCtl(epfd, op, fd int, ev *unix.EpollEvent) unix.Errno {
@@ -90,35 +89,38 @@ func sysEpollPoll(epfd int, events []unix.EpollEvent) (int, unix.Errno) {
 	return int(n), e
 }
 
-// putSockaddr writes ap into rsa and returns the length of the address.
-func putSockaddr(rsa *unix.RawSockaddrAny, ap netip.AddrPort) uintptr {
+// putSockaddr writes ap into sa (large enough for either family) in the kernel's layout and
+// returns the address's length.
+func putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
 	a := ap.Addr().Unmap()
 	if a.Is4() {
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
-		sa.Family = unix.AF_INET
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
-		sa.Addr = a.As4()
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		setNetPort(&sa4.Port, ap.Port())
 		return unix.SizeofSockaddrInet4
 	}
-	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
-	sa.Family = unix.AF_INET6
-	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
-	sa.Addr = a.As16()
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+	setNetPort(&sa.Port, ap.Port())
 	return unix.SizeofSockaddrInet6
 }
 
-func getSockaddr(rsa *unix.RawSockaddrAny) netip.AddrPort {
-	switch rsa.Addr.Family {
+// getSockaddr reads the address the kernel left in sa.
+func getSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	switch sa.Family {
 	case unix.AF_INET:
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
-		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), netPort(&sa4.Port))
 	case unix.AF_INET6:
-		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
-		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port)
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), netPort(&sa.Port))
 	}
 	return netip.AddrPort{}
+}
+
+// netPort reads a port stored in network byte order; setNetPort stores one.
+func netPort(p *uint16) uint16 { return binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(p))[:]) }
+
+func setNetPort(p *uint16, port uint16) {
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(p))[:], port)
 }
 
 func family(a netip.Addr) int {
@@ -126,32 +128,4 @@ func family(a netip.Addr) int {
 		return unix.AF_INET
 	}
 	return unix.AF_INET6
-}
-
-func sockaddr(ap netip.AddrPort) (unix.Sockaddr, int) {
-	a := ap.Addr().Unmap()
-	if a.Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}, unix.AF_INET
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}, unix.AF_INET6
-}
-
-func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
-	}
-	return netip.AddrPort{}
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		return a.AddrPort()
-	case *net.UDPAddr:
-		return a.AddrPort()
-	}
-	return netip.AddrPort{}
 }

@@ -57,12 +57,12 @@ func listenTCP(addr netip.AddrPort) (int, error) {
 // IP_FREEBIND, so that a listener can bind a VIP the box does not hold yet: on the standby of
 // a pair the VIP arrives with keepalived, and the listener must already be there to serve it.
 func bindVIP(addr netip.AddrPort, sotype int, opts ...[3]int) (int, error) {
-	sa, family := sockaddr(addr)
-	fd, err := unix.Socket(family, sotype|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fam := family(addr.Addr())
+	fd, err := unix.Socket(fam, sotype|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
 	}
-	if family == unix.AF_INET6 {
+	if fam == unix.AF_INET6 {
 		opts = append(opts, [3]int{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}, [3]int{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1})
 	} else {
 		opts = append(opts, [3]int{unix.IPPROTO_IP, unix.IP_FREEBIND, 1})
@@ -73,9 +73,9 @@ func bindVIP(addr netip.AddrPort, sotype int, opts ...[3]int) (int, error) {
 			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
 		}
 	}
-	if err := unix.Bind(fd, sa); err != nil {
+	if errno := sysBind(fd, addr); errno != 0 {
 		unix.Close(fd)
-		return -1, fmt.Errorf("bind %s: %w", addr, err)
+		return -1, fmt.Errorf("bind %s: %w", addr, errno)
 	}
 	return fd, nil
 }
