@@ -56,6 +56,9 @@ type Global struct {
 	TCPKeepalive        bool
 	ResetOnClose        bool
 	DeferAccept         bool // default of the TCP services that are not redirectors
+	// AdminHosts are the host names, besides the admin address itself and names that resolve to
+	// loopback, that the admin API accepts in a request's Host header (DNS rebinding).
+	AdminHosts []string
 }
 
 // Proto is a transport protocol of a virtual-service port.
@@ -103,7 +106,19 @@ type Persistence struct {
 	Type       string // "none" or "source-ip"
 	Timeout    time.Duration
 	MaxEntries int
+	// PlaceBy says how a client without an entry is placed: by a consistent hash of its address
+	// (both boxes of a pair agree without sharing a table) or by the service's scheduler.
+	PlaceBy PlaceBy
 }
+
+// PlaceBy is how a persistent service places a new client.
+type PlaceBy string
+
+// The placements of a new client of a persistent service.
+const (
+	PlaceByHash      PlaceBy = "hash"
+	PlaceByScheduler PlaceBy = "scheduler"
+)
 
 // Enabled reports whether the service keeps clients on their server.
 func (p Persistence) Enabled() bool { return p.Type == "source-ip" }

@@ -310,6 +310,7 @@ func (p *parser) ports(f fields, vs *VirtualService, at *placed) {
 func (p *parser) persistence(f fields) Persistence {
 	ps := Persistence{
 		Type:       "none",
+		PlaceBy:    PlaceByHash,
 		Timeout:    p.duration(f, "timeout", DefaultPersistTimeout, time.Second, MaxIdleTimeout),
 		MaxEntries: p.integer(f, "max_entries", DefaultPersistEntries, 1, maxPersistEntries),
 	}

@@ -73,7 +73,7 @@ func TestDefaults(t *testing.T) {
 			VIP:          netip.MustParseAddr("192.0.2.10"),
 			Ports:        []Port{{Listen: 443, Target: 443, Proto: TCP}},
 			Scheduler:    LeastConn,
-			Persistence:  Persistence{Type: "none", Timeout: 1200 * time.Second, MaxEntries: 1 << 20},
+			Persistence:  Persistence{Type: "none", Timeout: 1200 * time.Second, MaxEntries: 1 << 20, PlaceBy: PlaceByHash},
 			IdleTimeout:  1800 * time.Second,
 			TCPKeepalive: true,
 			Health: Health{
@@ -156,7 +156,7 @@ virtual_services:
 		},
 		DefaultGateway:  addr("10.11.0.1"),
 		Scheduler:       WeightedLeastConn,
-		Persistence:     Persistence{Type: "source-ip", Timeout: 1200 * time.Second, MaxEntries: 1 << 20},
+		Persistence:     Persistence{Type: "source-ip", Timeout: 1200 * time.Second, MaxEntries: 1 << 20, PlaceBy: PlaceByHash},
 		IdleTimeout:     0,
 		TCPKeepalive:    true,
 		ResetOnClose:    false,
@@ -190,7 +190,7 @@ virtual_services:
 		Ports: []Port{{Listen: 80, Target: 80, Proto: TCP}},
 		// Inherited from global: keepalive off, reset on.
 		Scheduler:    LeastConn,
-		Persistence:  Persistence{Type: "none", Timeout: 1200 * time.Second, MaxEntries: 1 << 20},
+		Persistence:  Persistence{Type: "none", Timeout: 1200 * time.Second, MaxEntries: 1 << 20, PlaceBy: PlaceByHash},
 		IdleTimeout:  20 * time.Minute,
 		ResetOnClose: true,
 		// A redirector has no servers to check.
