@@ -1,7 +1,9 @@
 package health
 
 import (
+	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,7 +73,8 @@ func TestSuspectMarksADeadServerDownFast(t *testing.T) {
 
 func TestSuspectAloneNeverMarksDown(t *testing.T) {
 	rec := &recorder{}
-	m, fake := fakeMonitor(rec, Options{})
+	var logs lockedBuffer
+	m, fake := fakeMonitor(rec, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	m.Set([]Target{evidenceTarget("10.11.2.22", 1)}) // fall 1: a single failed probe would do it
 	startUp(t, m, rec, "10.11.2.22")
 	f := fake("10.11.2.22")
@@ -102,6 +105,9 @@ func TestSuspectAloneNeverMarksDown(t *testing.T) {
 	}
 	if st := m.Status()[0]; st.Evidence != uint64(calls) {
 		t.Errorf("status counts %d reports, want %d", st.Evidence, calls)
+	}
+	if n := strings.Count(logs.String(), "health evidence"); n != 1 {
+		t.Errorf("%d Info lines about the evidence, want 1 (once a minute per server):\n%s", n, logs.String())
 	}
 	t.Logf("%d calls in %s: %d early probes", calls, took, early)
 }

@@ -180,6 +180,8 @@ const (
 	// evidenceRecordEvery bounds how often a target's evidence is recorded (an allocation) and
 	// passed to its loop: a flood of reports costs a counter increment each.
 	evidenceRecordEvery = 100 * time.Millisecond
+	// evidenceNoteEvery bounds the Info lines about evidence against one server.
+	evidenceNoteEvery = time.Minute
 )
 
 // Set makes targets the monitored set. New targets are added with their initial state; removed
@@ -485,13 +487,14 @@ func (m *Monitor) probeLoop(ctx context.Context, e *entry) {
 	// Start of the last probe run under suspicion. Evidence brings a probe forward only a fast
 	// interval after it, so that however much evidence comes the probes follow the fast interval.
 	var lastSuspect time.Time
+	var noted time.Time // when evidence was last logged at Info
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		case <-e.kick:
-			m.suspected(e)
+			m.suspected(e, &noted)
 			if next := lastSuspect.Add(fast); time.Now().Before(next) {
 				if next.Before(due) {
 					due = next
@@ -535,8 +538,9 @@ func (m *Monitor) probeLoop(ctx context.Context, e *entry) {
 	}
 }
 
-// suspected puts e under suspicion after evidence; it runs on e's loop.
-func (m *Monitor) suspected(e *entry) {
+// suspected puts e under suspicion after evidence; it runs on e's loop. noted is when the loop
+// last logged evidence at Info.
+func (m *Monitor) suspected(e *entry, noted *time.Time) {
 	if e.suspect.Swap(true) {
 		return
 	}
@@ -547,9 +551,11 @@ func (m *Monitor) suspected(e *entry) {
 	if ev := e.lastEvidence.Load(); ev != nil {
 		reason = ev.reason
 	}
+	// Evidence against a server in use is news, once in a while: forged evidence against a
+	// healthy server comes back every second, and is counted in the status.
 	level := slog.LevelDebug
-	if up {
-		level = slog.LevelInfo // evidence against a server in use is news; against a down one, not
+	if now := time.Now(); up && now.Sub(*noted) >= evidenceNoteEvery {
+		level, *noted = slog.LevelInfo, now
 	}
 	m.log.Log(context.Background(), level, "health evidence: probing now and at the fast interval until the state settles",
 		"service", e.target.Service, "server", e.target.Server, "evidence", reason, "up", up)
