@@ -384,10 +384,11 @@ const (
 // fall x fastInterval rather than fall intervals (HAProxy's observe layer4 with on-error
 // fastinter).
 //
-// Suspect is made for the balancer's event loops: it never blocks, takes no lock and costs an
-// atomic increment when reports come faster than one per evidenceRecordEvery; however many come,
-// a target gets at most one early probe per fast interval. Unknown targets are ignored; so is
-// evidence against a target without checks (type none).
+// Suspect is made for the balancer's event loops: it never blocks and takes none of the
+// monitor's locks (it reads a copy of the target table), and when reports come faster than one
+// per evidenceRecordEvery it costs an atomic increment; however many come, a target gets at most
+// one early probe per fast interval. Unknown targets are ignored; evidence against a target
+// without checks (type none) is counted in its status and changes nothing else.
 func (m *Monitor) Suspect(service, server, reason string) {
 	tab := m.table.Load()
 	if tab == nil {
