@@ -111,10 +111,13 @@ func reasonOf(err error) string {
 		hostname    x509.HostnameError
 		recordHdr   tls.RecordHeaderError
 		netErr      net.Error
+		limit       *limitError
 	)
 	switch {
 	case err == nil:
 		return ""
+	case errors.As(err, &limit):
+		return limit.reason
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, context.Canceled):
@@ -155,5 +158,5 @@ func reasonOf(err error) string {
 	case errors.As(err, &netErr) && netErr.Timeout():
 		return "timeout"
 	}
-	return err.Error()
+	return clip(err.Error())
 }

@@ -12,7 +12,9 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pairlb/pairlb/config"
@@ -46,6 +48,14 @@ type TargetStatus struct {
 	LastCheck    time.Time     // start of the last completed check; zero before the first
 	LastError    string        // reason of the last check's failure; "" when it passed
 	LastDuration time.Duration // how long the last check took
+
+	// Data-plane evidence (Suspect): how many reports since the target was added, the latest
+	// recorded one (recorded at most every evidenceRecordEvery) and whether the target is
+	// being probed at the fast interval because of it.
+	Evidence       uint64
+	LastEvidence   string
+	LastEvidenceAt time.Time // zero without evidence
+	Suspect        bool
 }
 
 // Options configures a Monitor.
@@ -70,8 +80,16 @@ type Options struct {
 // Each loop runs one probe at a time: probe (bounded by Check.Timeout), then wait out the rest of
 // Check.Interval measured from the probe's start. A probe that overruns the interval is followed
 // at once by the next, never by a second one in parallel, and one target's slow or hanging probe
-// cannot delay another target. The first probe of a loop waits a fixed offset within the interval
-// derived from the target's identity, so that after a start or reload the probes are spread out.
+// cannot delay another target. The first probe of a loop, at Run's start or when Set adds or
+// changes a target, starts at once: within firstRoundWindow (or the interval, if shorter), at a
+// fixed offset derived from the target's identity, so that a start or reload spreads its probes
+// over the window rather than firing them all in the same instant. A server is used only once it
+// has passed a check, so waiting longer before the first one would only refuse clients. From then
+// on each target keeps its interval; the targets' probes stay spread over the window.
+//
+// Data-plane evidence (Suspect) never changes a state by itself, but it makes the target's next
+// probe run at once and the following ones come at the fast interval until the state settles
+// (the target goes down or passes a probe); FirstRound tells when the first round is done.
 //
 // A target starts down (up with Check.InitialUp, always up with type none) and a target that has
 // never been up comes up on its first passed check. From then on it goes down after Check.Fall
@@ -89,6 +107,21 @@ type Monitor struct {
 	runCtx  context.Context // set while Run runs
 	ran     bool
 	wg      sync.WaitGroup // probe loops
+
+	// table is a copy of targets for Suspect, which must not wait for mu; it is replaced
+	// (under mu) whenever targets changes.
+	table atomic.Pointer[map[targetKey]*entry]
+
+	// The first round (FirstRound): firstPending holds the targets whose first probe Run still
+	// waits for; under mu. firstDone is closed once, when it empties or the bound passes.
+	firstDone    chan struct{}
+	firstPending map[targetKey]bool
+	firstClosed  bool
+	firstStarted time.Time
+	firstCount   int // targets waited for
+
+	// newChecker builds a target's checker; nil means NewChecker. Tests replace it.
+	newChecker func(Target) Checker
 }
 
 type targetKey struct{ service, server string }
@@ -101,6 +134,15 @@ type entry struct {
 
 	cancel context.CancelFunc // stops the loop; nil when none was started
 	done   chan struct{}      // closed when the loop has ended
+
+	// Evidence from Suspect, which may run on any goroutine at any rate: atomics only. kick
+	// (capacity 1) asks the loop for an early probe; suspect is set by the loop while it probes
+	// at the fast interval.
+	kick          chan struct{}
+	evidenceCount atomic.Uint64
+	evidenceAt    atomic.Int64 // unix nanoseconds of the latest recorded evidence
+	lastEvidence  atomic.Pointer[evidence]
+	suspect       atomic.Bool
 
 	st        status
 	announced bool // the initial state went to OnChange
@@ -116,8 +158,31 @@ func NewMonitor(o Options) *Monitor {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Monitor{opts: o, log: log, targets: map[targetKey]*entry{}}
+	return &Monitor{opts: o, log: log, targets: map[targetKey]*entry{}, firstDone: make(chan struct{})}
 }
+
+// evidence is one recorded report of Suspect.
+type evidence struct {
+	at     time.Time
+	reason string
+}
+
+const (
+	// firstRoundWindow spreads the first probes of a start or reload: a hundred targets take
+	// one connection every 2.5 ms, and readiness comes a quarter of a second after the start.
+	firstRoundWindow = 250 * time.Millisecond
+	// firstRoundGrace is added to the window and the longest timeout to bound FirstRound, as a
+	// backstop: a probe ends at its timeout, so only a defect can need it.
+	firstRoundGrace = time.Second
+	// fastInterval is the probe interval of a target under suspicion (HAProxy's fastinter):
+	// a dead server is marked down in about fall seconds instead of fall intervals.
+	fastInterval = time.Second
+	// evidenceRecordEvery bounds how often a target's evidence is recorded (an allocation) and
+	// passed to its loop: a flood of reports costs a counter increment each.
+	evidenceRecordEvery = 100 * time.Millisecond
+	// evidenceNoteEvery bounds the Info lines about evidence against one server.
+	evidenceNoteEvery = time.Minute
+)
 
 // Set makes targets the monitored set. New targets are added with their initial state; removed
 // ones are stopped; a target whose Service, Server, Addr, Source and Check are all unchanged keeps
@@ -159,11 +224,15 @@ func (m *Monitor) Set(targets []Target) {
 			changed[k] = e
 		}
 		delete(m.targets, k)
+		if !keep {
+			m.firstProbed(k) // a removed target is no longer waited for
+		}
 		if e.cancel != nil {
 			e.cancel()
 			stopped = append(stopped, e)
 		}
 	}
+	m.publish()
 	m.mu.Unlock()
 	for _, e := range stopped {
 		<-e.done
@@ -178,7 +247,7 @@ func (m *Monitor) Set(targets []Target) {
 			continue
 		}
 		t := want[k]
-		e := &entry{target: t, checker: m.checker(t)}
+		e := &entry{target: t, checker: m.checker(t), kick: make(chan struct{}, 1)}
 		if old, ok := changed[k]; ok {
 			e.st = status{Up: old.st.Up, EverUp: old.st.EverUp}
 			e.announced = old.announced
@@ -192,6 +261,16 @@ func (m *Monitor) Set(targets []Target) {
 			m.start(e)
 		}
 	}
+	m.publish()
+}
+
+// publish makes the current targets what Suspect sees; m.mu is held.
+func (m *Monitor) publish() {
+	tab := make(map[targetKey]*entry, len(m.targets))
+	for k, e := range m.targets {
+		tab[k] = e
+	}
+	m.table.Store(&tab)
 }
 
 // Run probes the targets until ctx ends. When it returns every probe loop has ended. Run may be
@@ -206,19 +285,130 @@ func (m *Monitor) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.runCtx = runCtx
+	m.firstStarted = time.Now()
+	m.firstPending = map[targetKey]bool{}
+	var longest time.Duration
+	for k, e := range m.targets {
+		if !isNone(e.target.Check) {
+			m.firstPending[k] = true
+			interval, timeout, _, _ := params(e.target.Check)
+			longest = max(longest, min(firstRoundWindow, interval)+timeout)
+		}
+	}
+	m.firstCount = len(m.firstPending)
+	m.endFirstRound("") // if nothing is waited for
 	for _, e := range m.targets {
 		m.start(e)
 	}
 	m.mu.Unlock()
+	if m.firstCount > 0 {
+		m.log.Info("health: first round of checks started", "targets", m.firstCount, "window", firstRoundWindow)
+		backstop := time.AfterFunc(longest+firstRoundGrace, func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			m.endFirstRound(firstBound)
+		})
+		defer backstop.Stop()
+	}
 
 	<-ctx.Done()
 
 	m.mu.Lock()
 	m.runCtx = nil // no loop starts after this
+	m.endFirstRound(firstStop)
 	m.mu.Unlock()
 	cancel()
 	m.wg.Wait()
 	return nil
+}
+
+// FirstRound returns a channel that is closed when the first round of checks is done: every
+// target present when Run started has completed its first probe, with its result already
+// handed to OnChange, or has been removed by Set since (a target that Set changed is waited for
+// on its new settings). Targets of type none count as done at once; targets that Set adds
+// later are not waited for. The first probes start within firstRoundWindow of Run's start and
+// each ends at its timeout at the latest, so the round takes no longer than the window plus
+// the longest timeout; as a backstop the channel is closed anyway firstRoundGrace after that,
+// with a warning naming the targets still pending. It is also closed when Run returns, and
+// stays open until Run is called.
+//
+// The daemon waits for it before it accepts connections and reports ready: until then no
+// server has passed a check, and every client would be refused.
+func (m *Monitor) FirstRound() <-chan struct{} { return m.firstDone }
+
+// firstProbed records that k's first probe is done (or that k is gone); m.mu is held.
+func (m *Monitor) firstProbed(k targetKey) {
+	if m.firstPending == nil || !m.firstPending[k] {
+		return
+	}
+	delete(m.firstPending, k)
+	m.endFirstRound("")
+}
+
+// endFirstRound closes the first round when nothing is pending; with end set it closes it in
+// any case, for that reason (firstBound or firstStop). m.mu is held.
+func (m *Monitor) endFirstRound(end string) {
+	if m.firstClosed || (end == "" && len(m.firstPending) > 0) {
+		return
+	}
+	switch {
+	case end == firstBound && len(m.firstPending) > 0:
+		var names []string
+		for k := range m.firstPending {
+			names = append(names, k.service+"/"+k.server)
+		}
+		slices.Sort(names)
+		m.log.Warn("health: first round of checks not finished within its bound; going ahead without it",
+			"pending", len(names), "targets", strings.Join(names[:min(len(names), 5)], ", "))
+	case end == "" && m.firstCount > 0:
+		m.log.Info("health: first round of checks done", "targets", m.firstCount,
+			"took", time.Since(m.firstStarted).Round(time.Millisecond))
+	}
+	m.firstClosed = true
+	m.firstPending = nil
+	close(m.firstDone)
+}
+
+// Why a first round ends before every target was probed.
+const (
+	firstBound = "bound" // the backstop passed
+	firstStop  = "stop"  // Run returns
+)
+
+// Suspect reports data-plane evidence that a target is failing, such as an ICMP port
+// unreachable on a UDP session towards it or a refused connection; reason says which, briefly.
+// Evidence never marks a target down by itself (a forged ICMP message must not take a server
+// out of its pool): it makes the target's next probe run now and the following ones come at
+// the fast interval (one second, or the interval if shorter) until its state settles, that is
+// until it goes down or passes a probe. A failing server is then marked down after about
+// fall x fastInterval rather than fall intervals (HAProxy's observe layer4 with on-error
+// fastinter).
+//
+// Suspect is made for the balancer's event loops: it never blocks and takes none of the
+// monitor's locks (it reads a copy of the target table), and when reports come faster than one
+// per evidenceRecordEvery it costs an atomic increment; however many come, a target gets at most
+// one early probe per fast interval. Unknown targets are ignored; evidence against a target
+// without checks (type none) is counted in its status and changes nothing else.
+func (m *Monitor) Suspect(service, server, reason string) {
+	tab := m.table.Load()
+	if tab == nil {
+		return
+	}
+	e := (*tab)[targetKey{service, server}]
+	if e == nil {
+		return
+	}
+	e.evidenceCount.Add(1)
+	now := time.Now()
+	last := e.evidenceAt.Load()
+	if now.UnixNano()-last < int64(evidenceRecordEvery) || !e.evidenceAt.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	e.lastEvidence.Store(&evidence{at: now, reason: reason})
+	select {
+	case e.kick <- struct{}{}:
+	default: // one is pending already
+	}
 }
 
 // Status returns every target's health, ordered by service and server.
@@ -227,7 +417,7 @@ func (m *Monitor) Status() []TargetStatus {
 	defer m.mu.Unlock()
 	out := make([]TargetStatus, 0, len(m.targets))
 	for _, e := range m.targets {
-		out = append(out, TargetStatus{
+		ts := TargetStatus{
 			Service:      e.target.Service,
 			Server:       e.target.Server,
 			Addr:         e.target.Addr,
@@ -237,7 +427,13 @@ func (m *Monitor) Status() []TargetStatus {
 			LastCheck:    e.lastCheck,
 			LastError:    e.lastErr,
 			LastDuration: e.lastDur,
-		})
+			Evidence:     e.evidenceCount.Load(),
+			Suspect:      e.suspect.Load(),
+		}
+		if ev := e.lastEvidence.Load(); ev != nil {
+			ts.LastEvidence, ts.LastEvidenceAt = ev.reason, ev.at
+		}
+		out = append(out, ts)
 	}
 	slices.SortFunc(out, func(a, b TargetStatus) int {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Server, b.Server))
@@ -255,6 +451,9 @@ func (m *Monitor) start(e *entry) {
 }
 
 func (m *Monitor) checker(t Target) Checker {
+	if m.newChecker != nil {
+		return m.newChecker(t)
+	}
 	c, err := NewChecker(t.Check, CheckerOptions{RootCAs: m.opts.RootCAs})
 	if err != nil {
 		m.log.Error("health check not usable; target stays down", "service", t.Service, "server", t.Server, "err", err)
@@ -282,15 +481,34 @@ func (m *Monitor) probeLoop(ctx context.Context, e *entry) {
 		return
 	}
 	interval, timeout, rise, fall := params(t.Check)
-	timer := time.NewTimer(stagger(t, interval))
+	fast := min(fastInterval, interval)
+	due := time.Now().Add(firstDelay(t, interval))
+	timer := time.NewTimer(time.Until(due))
 	defer timer.Stop()
+	// Start of the last probe run under suspicion. Evidence brings a probe forward only a fast
+	// interval after it, so that however much evidence comes the probes follow the fast interval.
+	var lastSuspect time.Time
+	var noted time.Time // when evidence was last logged at Info
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case <-e.kick:
+			m.suspected(e, &noted)
+			if next := lastSuspect.Add(fast); time.Now().Before(next) {
+				if next.Before(due) {
+					due = next
+					timer.Reset(time.Until(due))
+				}
+				continue
+			}
+			timer.Stop()
 		}
 		start := time.Now()
+		if e.suspect.Load() {
+			lastSuspect = start
+		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		err := e.checker.Check(pctx, t.Addr, t.Source)
 		cancel()
@@ -298,9 +516,50 @@ func (m *Monitor) probeLoop(ctx context.Context, e *entry) {
 		if ctx.Err() != nil {
 			return // stopped mid-probe: the result says nothing about the server
 		}
-		m.observe(ctx, e, start, d, err, rise, fall, true)
-		timer.Reset(max(interval-d, 0))
+		up := m.observe(ctx, e, start, d, err, rise, fall, true)
+		m.mu.Lock()
+		m.firstProbed(targetKey{t.Service, t.Server})
+		m.mu.Unlock()
+
+		// Suspicion ends when the state is settled: the target is down, or it passed. Evidence
+		// that came during this probe calls for another look all the same.
+		suspect := e.suspect.Load() && err != nil && up
+		select {
+		case <-e.kick:
+			suspect = true
+		default:
+		}
+		e.suspect.Store(suspect)
+		next := interval
+		if suspect {
+			next = fast
+		}
+		due = start.Add(next)
+		timer.Reset(max(time.Until(due), 0))
 	}
+}
+
+// suspected puts e under suspicion after evidence; it runs on e's loop. noted is when the loop
+// last logged evidence at Info.
+func (m *Monitor) suspected(e *entry, noted *time.Time) {
+	if e.suspect.Swap(true) {
+		return
+	}
+	m.mu.Lock()
+	up := e.st.Up
+	m.mu.Unlock()
+	var reason string
+	if ev := e.lastEvidence.Load(); ev != nil {
+		reason = ev.reason
+	}
+	// Evidence against a server in use is news, once in a while: forged evidence against a
+	// healthy server comes back every second, and is counted in the status.
+	level := slog.LevelDebug
+	if now := time.Now(); up && now.Sub(*noted) >= evidenceNoteEvery {
+		level, *noted = slog.LevelInfo, now
+	}
+	m.log.Log(context.Background(), level, "health evidence: probing now and at the fast interval until the state settles",
+		"service", e.target.Service, "server", e.target.Server, "evidence", reason, "up", up)
 }
 
 // announce reports e's initial state once in its lifetime.
@@ -323,8 +582,9 @@ func (m *Monitor) announce(e *entry) {
 	m.report(e.target, up, reason, nil, 0)
 }
 
-// observe records one probe result and reports a transition if there is one.
-func (m *Monitor) observe(ctx context.Context, e *entry, start time.Time, d time.Duration, err error, rise, fall int, probed bool) {
+// observe records one probe result and reports a transition if there is one. It returns whether
+// the target is up now.
+func (m *Monitor) observe(ctx context.Context, e *entry, start time.Time, d time.Duration, err error, rise, fall int, probed bool) bool {
 	m.mu.Lock()
 	before := e.st
 	e.st = next(e.st, err == nil, rise, fall)
@@ -348,7 +608,7 @@ func (m *Monitor) observe(ctx context.Context, e *entry, start time.Time, d time
 		}
 	}
 	if before.Up == after.Up || ctx.Err() != nil {
-		return
+		return after.Up
 	}
 	var reason string
 	switch {
@@ -368,6 +628,7 @@ func (m *Monitor) observe(ctx context.Context, e *entry, start time.Time, d time
 		count = after.Failures
 	}
 	m.report(e.target, after.Up, reason, err, count)
+	return after.Up
 }
 
 // report logs a state as one line and hands it to OnChange.
@@ -418,15 +679,20 @@ func params(h config.Health) (interval, timeout time.Duration, rise, fall int) {
 	return interval, timeout, rise, fall
 }
 
-// stagger is the delay before a target's first probe: a fixed point in [0, interval) derived
-// from the target's identity, so that a reload spreads probes over the interval instead of firing
-// them all at once, and the same target lands on the same point every time.
-func stagger(t Target, interval time.Duration) time.Duration {
+// firstDelay is the delay before a target's first probe: a point of the first-round window.
+func firstDelay(t Target, interval time.Duration) time.Duration {
+	return stagger(t, min(firstRoundWindow, interval))
+}
+
+// stagger is a fixed point in [0, span) derived from the target's identity, so that targets
+// started together spread over span instead of firing at once, and the same target lands on the
+// same point every time.
+func stagger(t Target, span time.Duration) time.Duration {
 	h := fnv.New64a()
 	h.Write([]byte(t.Service))
 	h.Write([]byte{0})
 	h.Write([]byte(t.Server))
-	return time.Duration(h.Sum64() % uint64(interval))
+	return time.Duration(h.Sum64() % uint64(span))
 }
 
 // sameTarget reports whether a and b (same Service and Server) are probed identically.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -420,37 +421,234 @@ func TestMonitorUnsupportedCheck(t *testing.T) {
 	}
 }
 
-func TestMonitorStaggeredStart(t *testing.T) {
+// fakeChecker is a checker the test controls: it records when each check starts, fails while
+// fail is set, and while hold is set waits for release (or its context, unless deaf is set:
+// a checker that ignores its deadline, the defect FirstRound's backstop is for).
+type fakeChecker struct {
+	fail, hold, deaf atomic.Bool
+	release          chan struct{}
+
+	mu     sync.Mutex
+	starts []time.Time
+	active int // checks running now
+	peak   int
+}
+
+func newFakeChecker() *fakeChecker { return &fakeChecker{release: make(chan struct{})} }
+
+func (f *fakeChecker) Check(ctx context.Context, addr netip.AddrPort, _ netip.Addr) error {
+	f.mu.Lock()
+	f.starts = append(f.starts, time.Now())
+	f.active++
+	f.peak = max(f.peak, f.active)
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.active--
+		f.mu.Unlock()
+	}()
+	if f.hold.Load() {
+		if f.deaf.Load() {
+			<-f.release
+		} else {
+			select {
+			case <-f.release:
+			case <-ctx.Done():
+				return failed("fake", addr, ctx.Err())
+			}
+		}
+	}
+	if f.fail.Load() {
+		return failedReason("fake", addr, "fake failure")
+	}
+	return nil
+}
+
+// checks returns the start times of the checks so far.
+func (f *fakeChecker) checks() []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.starts)
+}
+
+// fakeMonitor returns a Monitor whose targets are checked by the fakes, one per server name,
+// made on first use.
+func fakeMonitor(rec *recorder, opts Options) (*Monitor, func(server string) *fakeChecker) {
+	var mu sync.Mutex
+	fakes := map[string]*fakeChecker{}
+	get := func(server string) *fakeChecker {
+		mu.Lock()
+		defer mu.Unlock()
+		f := fakes[server]
+		if f == nil {
+			f = newFakeChecker()
+			fakes[server] = f
+		}
+		return f
+	}
+	if rec != nil {
+		opts.OnChange, opts.OnProbe = rec.onChange, rec.onProbe
+	}
+	m := NewMonitor(opts)
+	m.newChecker = func(t Target) Checker { return get(t.Server) }
+	return m, get
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestMonitorFirstRoundStartsAtOnce: with the default 9 s interval the first probes used to
+// wait up to an interval, and a fresh box refused every client meanwhile. With an interval of an
+// hour, a target whose first probe waited for its place in the interval would not be probed for
+// minutes.
+func TestMonitorFirstRoundStartsAtOnce(t *testing.T) {
 	live := startTCP(t, "127.0.0.1:0", nil).Addr(t)
-	const interval = 300 * time.Millisecond
 	rec := &recorder{}
 	m := NewMonitor(rec.options())
+	hc := tcpCheck(time.Hour, time.Second, 2, 3)
 	var targets []Target
-	for i := range 6 {
-		targets = append(targets, Target{Service: "s", Server: "10.0.0." + strconv.Itoa(i), Addr: live,
-			Check: tcpCheck(interval, 100*time.Millisecond, 1, 1)})
+	for i := range 20 {
+		targets = append(targets, Target{Service: "fe", Server: "10.11.1." + strconv.Itoa(i), Addr: live, Check: hc})
 	}
 	m.Set(targets)
+	if isClosed(m.FirstRound()) {
+		t.Fatal("FirstRound closed before Run")
+	}
 	started := time.Now()
-	stop := run(t, m)
-	time.Sleep(interval + 50*time.Millisecond)
-	stop()
-	distinct := map[time.Duration]bool{}
+	run(t, m)
+	select {
+	case <-m.FirstRound():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the first round was not done 5s after the start; %d of %d targets probed", len(rec.probes), len(targets))
+	}
+	took := time.Since(started)
 	for _, tg := range targets {
-		off := stagger(tg, interval)
-		distinct[off] = true
 		ps := rec.probesOf(tg.Server)
-		if len(ps) == 0 {
-			t.Errorf("%s: not probed within one interval (offset %s)", tg.Server, off)
-			continue
+		if len(ps) != 1 || ps[0].err != nil {
+			t.Errorf("%s: %d probes by the end of the first round (%v), want 1 passed", tg.Server, len(ps), ps)
 		}
-		if first := ps[0].at.Sub(started); first < off {
-			t.Errorf("%s: first probe done %s after start, before its offset %s", tg.Server, first, off)
+		if ch := rec.changesOf(tg.Server); len(ch) != 2 || !ch[1].Up {
+			t.Errorf("%s: changes %v by the end of the first round, want initial down then up", tg.Server, ch)
 		}
 	}
-	if len(distinct) < 5 {
-		t.Errorf("6 targets got only %d distinct start offsets", len(distinct))
+	t.Logf("first round of %d targets done %s after the start", len(targets), took)
+
+	// A target added by a reload is probed at once too, not an interval later.
+	added := time.Now()
+	m.Set(append(targets, Target{Service: "fe", Server: "10.11.1.99", Addr: live, Check: hc}))
+	eventually(t, 5*time.Second, "the added target probed", func() bool { return len(rec.probesOf("10.11.1.99")) == 1 })
+	t.Logf("added target probed %s after Set", time.Since(added))
+}
+
+func TestFirstDelayIsWithinTheWindow(t *testing.T) {
+	seen := map[time.Duration]bool{}
+	lo, hi := firstRoundWindow, time.Duration(0)
+	for i := range 100 {
+		tg := Target{Service: "fe", Server: "10.11.1." + strconv.Itoa(i)}
+		d := firstDelay(tg, config.DefaultHealthInterval)
+		if d < 0 || d >= firstRoundWindow {
+			t.Fatalf("%s: first probe after %s, want within the window [0, %s)", tg.Server, d, firstRoundWindow)
+		}
+		seen[d] = true
+		lo, hi = min(lo, d), max(hi, d)
+		if short := firstDelay(tg, 50*time.Millisecond); short >= 50*time.Millisecond {
+			t.Fatalf("%s: first probe after %s with a 50ms interval, want within the interval", tg.Server, short)
+		}
 	}
+	if len(seen) < 95 || hi-lo < firstRoundWindow/2 {
+		t.Errorf("first probes poorly spread over the window: %d distinct, range %s-%s", len(seen), lo, hi)
+	}
+}
+
+func TestMonitorFirstRound(t *testing.T) {
+	hc := tcpCheck(time.Hour, 5*time.Second, 1, 1)
+	target := func(server string, h config.Health) Target {
+		return Target{Service: "fe", Server: server, Addr: netip.MustParseAddrPort("127.0.0.1:9"), Check: h}
+	}
+
+	t.Run("waits for every target's verdict", func(t *testing.T) {
+		rec := &recorder{}
+		m, fake := fakeMonitor(rec, Options{})
+		fake("slow").hold.Store(true)
+		m.Set([]Target{target("a", hc), target("b", hc), target("slow", hc), target("none", config.Health{Type: config.HealthNone})})
+		run(t, m)
+		eventually(t, 5*time.Second, "a and b probed, slow probing", func() bool {
+			return len(rec.probesOf("a")) == 1 && len(rec.probesOf("b")) == 1 && len(fake("slow").checks()) == 1
+		})
+		if isClosed(m.FirstRound()) {
+			t.Fatal("FirstRound closed while slow's first probe runs")
+		}
+		close(fake("slow").release)
+		select {
+		case <-m.FirstRound():
+		case <-time.After(5 * time.Second):
+			t.Fatal("FirstRound still open 5s after the last first probe ended")
+		}
+		// Closed after OnChange had the verdict: the daemon may use the servers at once.
+		if ch := rec.changesOf("slow"); len(ch) != 2 || !ch[1].Up {
+			t.Errorf("changes of slow when FirstRound closed: %v, want initial down then up", ch)
+		}
+	})
+
+	t.Run("none only: done at once", func(t *testing.T) {
+		m, _ := fakeMonitor(nil, Options{})
+		m.Set([]Target{target("none", config.Health{Type: config.HealthNone})})
+		run(t, m)
+		eventually(t, time.Second, "FirstRound closed", func() bool { return isClosed(m.FirstRound()) })
+	})
+
+	t.Run("a removed target is not waited for", func(t *testing.T) {
+		m, fake := fakeMonitor(nil, Options{})
+		fake("gone").hold.Store(true)
+		m.Set([]Target{target("a", hc), target("gone", hc)})
+		run(t, m)
+		eventually(t, 5*time.Second, "gone probing", func() bool { return len(fake("gone").checks()) == 1 })
+		m.Set([]Target{target("a", hc)})
+		eventually(t, 5*time.Second, "FirstRound closed", func() bool { return isClosed(m.FirstRound()) })
+	})
+
+	t.Run("closed when Run returns", func(t *testing.T) {
+		m, fake := fakeMonitor(nil, Options{})
+		fake("a").hold.Store(true)
+		m.Set([]Target{target("a", hc)})
+		stop := run(t, m)
+		eventually(t, 5*time.Second, "a probing", func() bool { return len(fake("a").checks()) == 1 })
+		stop()
+		if !isClosed(m.FirstRound()) {
+			t.Error("FirstRound open after Run returned")
+		}
+	})
+
+	t.Run("bounded even if a check ignores its timeout", func(t *testing.T) {
+		var logs lockedBuffer
+		m, fake := fakeMonitor(nil, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		deaf := fake("deaf")
+		deaf.hold.Store(true)
+		deaf.deaf.Store(true)
+		const timeout = 100 * time.Millisecond
+		m.Set([]Target{target("deaf", tcpCheck(time.Hour, timeout, 1, 1))})
+		started := time.Now()
+		run(t, m)
+		t.Cleanup(func() { close(deaf.release) }) // runs before run's cleanup, which waits for the loop
+		select {
+		case <-m.FirstRound():
+		case <-time.After(10 * time.Second):
+			t.Fatal("FirstRound still open 10s after the start with a check that never returns")
+		}
+		bound := firstRoundWindow + timeout + firstRoundGrace
+		if took := time.Since(started); took < bound-50*time.Millisecond {
+			t.Errorf("FirstRound closed %s after the start, before its bound %s", took, bound)
+		}
+		if !strings.Contains(logs.String(), "first round of checks not finished") || !strings.Contains(logs.String(), "fe/deaf") {
+			t.Errorf("no warning naming the pending target:\n%s", logs.String())
+		}
+	})
 }
 
 func TestStagger(t *testing.T) {

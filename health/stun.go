@@ -37,6 +37,9 @@ const (
 // Response with our transaction id ends it at once ("stun error 4xx ..."). Anything else that
 // arrives (garbage, a response to another transaction) does not end the check, since a valid
 // answer may still follow, but it becomes the reason when none does; silence is "timeout".
+// Reads are bounded: a datagram larger than maxSTUNAnswer ends the check ("answer too large")
+// rather than being judged cut short, and maxSTUNUnusable unusable datagrams end it too, so a
+// flood cannot keep a check reading until its timeout.
 type stunChecker struct{}
 
 func (stunChecker) Check(ctx context.Context, addr netip.AddrPort, source netip.Addr) error {
@@ -45,11 +48,15 @@ func (stunChecker) Check(ctx context.Context, addr netip.AddrPort, source netip.
 	if source.IsValid() {
 		d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(source, 0))
 	}
-	conn, err := d.DialContext(ctx, "udp", addr.String())
+	c, err := d.DialContext(ctx, "udp", addr.String())
 	if err != nil {
 		return failed(op, addr, err)
 	}
-	defer conn.Close()
+	defer c.Close()
+	conn, ok := c.(*net.UDPConn)
+	if !ok {
+		return failedReason(op, addr, fmt.Sprintf("not a UDP socket: %T", c))
+	}
 
 	var tx [12]byte
 	if _, err := rand.Read(tx[:]); err != nil {
@@ -85,8 +92,10 @@ func (stunChecker) Check(ctx context.Context, addr netip.AddrPort, source netip.
 	}
 
 	var (
-		bad    string // reason from the last unusable datagram
-		buf    = make([]byte, 1500)
+		bad      string // reason from the last unusable datagram
+		unusable int    // datagrams read that were not our answer
+		// A datagram larger than the buffer comes back cut, with MSG_TRUNC: never judged.
+		buf    = make([]byte, maxSTUNAnswer)
 		rto    = stunFirstRTO
 		sendAt = time.Now()
 	)
@@ -105,7 +114,10 @@ func (stunChecker) Check(ctx context.Context, addr netip.AddrPort, source netip.
 		if !setReadDeadline(earliest(deadline, sendAt)) {
 			return failed(op, addr, ctx.Err())
 		}
-		n, err := conn.Read(buf)
+		n, _, flags, _, err := conn.ReadMsgUDP(buf, nil)
+		if err == nil && flags&syscall.MSG_TRUNC != 0 {
+			return failed(op, addr, errSTUNAnswerTooLarge)
+		}
 		if err != nil {
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				return stunFailed(addr, ctxErr(ctx, err))
@@ -122,6 +134,9 @@ func (stunChecker) Check(ctx context.Context, addr netip.AddrPort, source netip.
 			return failedReason(op, addr, reason)
 		default:
 			bad = reason
+			if unusable++; unusable >= maxSTUNUnusable {
+				return failedReason(op, addr, fmt.Sprintf("%d unusable answers: %s", unusable, bad))
+			}
 		}
 	}
 	if bad != "" {

@@ -15,6 +15,7 @@ import (
 // the name is checked too when one is configured (SNI, else Host). A server probed by IP address
 // alone has its chain and dates checked but no name. Without verify any certificate is accepted:
 // the check then proves that the TLS stack answers, which is what a passthrough balancer needs.
+// What the server sends during the handshake is bounded by maxTLSHandshakeBytes.
 type tlsChecker struct {
 	serverName string // sent as SNI and, with verify, checked against the certificate
 	verify     bool
@@ -30,25 +31,28 @@ func newTLSChecker(h config.Health, o CheckerOptions) *tlsChecker {
 }
 
 func (c *tlsChecker) Check(ctx context.Context, addr netip.AddrPort, source netip.Addr) error {
-	conn, err := c.handshake(ctx, addr, source)
+	conn, _, err := c.handshake(ctx, addr, source)
 	if err != nil {
 		return err
 	}
 	return conn.Close()
 }
 
-// handshake connects and completes a TLS handshake; errors are *ProbeError already.
-func (c *tlsChecker) handshake(ctx context.Context, addr netip.AddrPort, source netip.Addr) (*tls.Conn, error) {
-	raw, err := dialTCP(ctx, addr, source)
+// handshake connects and completes a TLS handshake, reading at most maxTLSHandshakeBytes from
+// the server; errors are *ProbeError already. It returns the raw connection too, so that the
+// caller can give it the budget of what it reads next.
+func (c *tlsChecker) handshake(ctx context.Context, addr netip.AddrPort, source netip.Addr) (*tls.Conn, *budgetConn, error) {
+	tc, err := dialTCP(ctx, addr, source)
 	if err != nil {
-		return nil, failed("tcp connect", addr, err)
+		return nil, nil, failed("tcp connect", addr, err)
 	}
+	raw := newBudgetConn(tc, maxTLSHandshakeBytes, errTLSHandshakeTooLarge)
 	conn := tls.Client(raw, c.config())
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, failed("tls handshake", addr, ctxErr(ctx, err))
+		return nil, nil, failed("tls handshake", addr, ctxErr(ctx, err))
 	}
-	return conn, nil
+	return conn, raw, nil
 }
 
 func (c *tlsChecker) config() *tls.Config {

@@ -6,7 +6,7 @@ package main
 // global.admin_token_file is read at start and again on every reload.
 //
 // Authentication: when a token file is set, every endpoint needs `Authorization: Bearer TOKEN`
-// except GET /healthz and GET /readyz (they say only "ok" or "not ready", and keepalived's track
+// except GET /healthz and GET /readyz (they say only "ok", "ready" or why not, and keepalived's track
 // script calls /readyz with a plain curl) and the static status page at / and /ui/ (which holds
 // no data: it asks for the token and sends it with each API call).
 
@@ -44,7 +44,10 @@ var uiFiles embed.FS
 type adminState struct {
 	token atomic.Pointer[[]byte] // nil: no token required
 	ready atomic.Bool            // serving: run has started and its context has not ended
-	addr  netip.AddrPort         // where the listener is bound; guarded by daemon.mu
+	// checked: the first round of health checks is done and the balancer accepts (or is
+	// about to: connections queue in the kernel until its loops run).
+	checked atomic.Bool
+	addr    netip.AddrPort // where the listener is bound; guarded by daemon.mu
 }
 
 // readAdminToken reads the bearer token of cfg's global.admin_token_file; none is nil. A
@@ -268,17 +271,22 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, apiError{Error: msg})
 }
 
-// handleReady answers 200 while the configuration is loaded and its listeners are open, 503
-// before that and from the moment the daemon starts to stop.
+// handleReady answers 200 while the configuration is loaded, its listeners are open and the
+// first round of health checks is done, so that a client sent here as soon as it says ready
+// finds the servers that passed; 503 before that and from the moment the daemon starts to stop.
 func (d *daemon) handleReady(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if !d.admin.ready.Load() || d.lb.Config() == nil {
+	switch {
+	case !d.admin.ready.Load() || d.lb.Config() == nil:
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "not ready")
-		return
+	case !d.admin.checked.Load():
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready: first health checks running")
+	default:
+		fmt.Fprintln(w, "ready")
 	}
-	fmt.Fprintln(w, "ready")
 }
 
 // statusResponse is GET /api/v1/status: the balancer's view of every service merged with the
@@ -311,6 +319,11 @@ type healthView struct {
 	LastCheck           *time.Time `json:"last_check,omitempty"` // nil before the first
 	LastError           string     `json:"last_error,omitempty"`
 	LastDurationSeconds float64    `json:"last_duration_seconds"`
+	// Data-plane evidence against the server (health.Monitor.Suspect).
+	Evidence       uint64     `json:"evidence,omitempty"`         // reports since the server was added
+	LastEvidence   string     `json:"last_evidence,omitempty"`    // the latest recorded
+	LastEvidenceAt *time.Time `json:"last_evidence_at,omitempty"` // nil without evidence
+	Suspect        bool       `json:"suspect,omitempty"`          // probed at the fast interval until its state settles
 }
 
 func (d *daemon) status() statusResponse {
@@ -319,7 +332,7 @@ func (d *daemon) status() statusResponse {
 	for _, h := range d.health.Status() {
 		hs[key{h.Service, h.Server}] = h
 	}
-	out := statusResponse{Version: version, Ready: d.admin.ready.Load(), VirtualServices: []serviceView{}}
+	out := statusResponse{Version: version, Ready: d.admin.ready.Load() && d.admin.checked.Load(), VirtualServices: []serviceView{}}
 	if cfg := d.lb.Config(); cfg != nil {
 		out.ConfigFile, out.ConfigHash = cfg.Path, cfg.Hash
 	}
@@ -329,10 +342,15 @@ func (d *daemon) status() statusResponse {
 			sv := serverView{ServerStatus: r, Available: r.State == "enabled" && r.Up && r.Weight > 0}
 			if h, ok := hs[key{s.Name, r.Address}]; ok {
 				hv := &healthView{Check: string(h.Check), Address: h.Addr.String(), Up: h.Up, Since: h.Since,
-					LastError: h.LastError, LastDurationSeconds: h.LastDuration.Seconds()}
+					LastError: h.LastError, LastDurationSeconds: h.LastDuration.Seconds(),
+					Evidence: h.Evidence, LastEvidence: h.LastEvidence, Suspect: h.Suspect}
 				if !h.LastCheck.IsZero() {
 					lc := h.LastCheck
 					hv.LastCheck = &lc
+				}
+				if !h.LastEvidenceAt.IsZero() {
+					le := h.LastEvidenceAt
+					hv.LastEvidenceAt = &le
 				}
 				sv.Health = hv
 			}

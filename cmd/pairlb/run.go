@@ -184,7 +184,9 @@ func (d *daemon) restoreRoutes() {
 }
 
 // run serves until ctx ends, then stops gracefully and removes the kernel state it made. The
-// admin server runs until the balancer has drained. A daemon whose admin listener cannot open
+// balancer starts accepting once the first round of health checks is done (see
+// health.Monitor.FirstRound), and /readyz says ready from then on. The admin server runs until
+// the balancer has drained. A daemon whose admin listener cannot open
 // stops at once and returns that error: it could be neither watched nor steered.
 func (d *daemon) run(ctx context.Context) error {
 	stopAdmin, adminErr := d.startAdmin(ctx)
@@ -211,6 +213,16 @@ func (d *daemon) run(ctx context.Context) error {
 	if d.routes != nil {
 		start("routing", d.routes.Run)
 	}
+	// No server takes a connection before it has passed a check, so until the first round of
+	// checks is done every client would be refused. The listeners are open already (Apply
+	// opened them): connections that arrive meanwhile wait in the kernel's accept queue, and
+	// datagrams in the socket's buffer, until the balancer's loops start. The round is bounded
+	// by the checks' timeouts; a stop ends the wait at once.
+	select {
+	case <-d.health.FirstRound():
+	case <-ctx.Done():
+	}
+	d.admin.checked.Store(true)
 	err := d.lb.Run(ctx)
 	wg.Wait()
 	if d.routes != nil {
