@@ -2,6 +2,7 @@ package routing
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -71,22 +72,41 @@ func TestBuildPlanLyncExample(t *testing.T) {
 		t.Errorf("gateways (-want +got):\n%s", d)
 	}
 
-	// The box without a leg in the external network: the errors name the gateway and a
-	// service, and every real server of the transparent services.
-	_, err = BuildPlan(cfg, links[:2])
-	if err == nil {
-		t.Fatal("no error for a gateway on no connected subnet")
+	// The box without a leg in the external network: the internal and DMZ tables are planned
+	// all the same; the problems name the gateway and its services, and every real server of
+	// the transparent services.
+	p, err = BuildPlan(cfg, links[:2])
+	if err != nil {
+		t.Fatalf("BuildPlan without the external leg: %v", err)
 	}
-	wantErr := []string{
-		`gateway 201.44.53.1 of virtual service "edge-ext-sip-access" is on no connected subnet of this box`,
+	if len(p.Problems) != 2 {
+		t.Fatalf("problems without the external leg: %v", p.Problems)
 	}
+	gw := p.Problems[0]
+	if gw.Kind != UnitGateway || gw.Addr.String() != "201.44.53.1" || gw.Reason != "the gateway is on no connected subnet of this box" ||
+		!strings.HasPrefix(gw.String(), `gateway 201.44.53.1 of virtual services "edge-ext-sip-access", `) {
+		t.Errorf("gateway problem = %s", gw)
+	}
+	var wantReasons []string
 	for _, svc := range []string{"edge-ext-av-tcp", "edge-ext-av-stun"} {
 		for _, rs := range []string{"201.44.53.23", "201.44.53.33"} {
-			wantErr = append(wantErr, `virtual service "`+svc+`" is transparent, but its real server `+rs+
+			wantReasons = append(wantReasons, `virtual service "`+svc+`" is transparent, but its real server `+rs+
 				` is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`)
 		}
 	}
-	if d := cmp.Diff(wantErr, strings.Split(err.Error(), "\n")); d != "" {
-		t.Errorf("errors (-want +got):\n%s", d)
+	tr := p.Problems[1]
+	if d := cmp.Diff(wantReasons, strings.Split(tr.Reason, "; ")); d != "" || tr.Kind != UnitTransparency ||
+		!cmp.Equal(tr.Services, []string{"edge-ext-av-tcp", "edge-ext-av-stun"}) {
+		t.Errorf("transparency problem %s: services %v, reasons (-want +got):\n%s", tr.UnitID, tr.Services, d)
+	}
+	for _, want := range []string{
+		"ip route add default via 10.11.0.1 dev int0 proto 112 metric 1024 table 20100",
+		"ip route add default via 192.168.100.1 dev dmz0 proto 112 metric 1024 table 20101",
+		"ip route add unreachable default proto 112 metric 4294967295 table 20102",
+		"ip rule add from 201.44.53.10/32 lookup 20102 priority 20102 protocol 112",
+	} {
+		if !slices.Contains(p.Lines(), want) {
+			t.Errorf("plan without the external leg lacks %q", want)
+		}
 	}
 }

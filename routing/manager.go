@@ -38,6 +38,12 @@ type Manager struct {
 	cfg    *config.Config // last configuration Set successfully planned; nil before
 	owned  map[Addr]bool  // VIP addresses this process added (key form: no link name)
 	closed bool
+	// units are those of the plan last applied; problems those of its units not installed in
+	// full, with when each was first seen; lastErr the last re-apply failure already logged.
+	units    []Unit
+	problems map[UnitID]Problem
+	lastErr  string
+	now      func() time.Time
 }
 
 // Option adjusts a Manager.
@@ -67,7 +73,8 @@ func New(h *netlink.Handle, logger *slog.Logger, opts ...Option) *Manager {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{h: h, log: logger, debounce: DefaultDebounce, resync: DefaultResync, owned: map[Addr]bool{}}
+	m := &Manager{h: h, log: logger, debounce: DefaultDebounce, resync: DefaultResync, owned: map[Addr]bool{},
+		problems: map[UnitID]Problem{}, now: time.Now}
 	for _, o := range opts {
 		o(m)
 	}
@@ -128,6 +135,10 @@ func (m *Manager) Diff(cfg *config.Config) ([]string, error) {
 	return Diff(p, have), nil
 }
 
+// foreignLinks is the one link name State reports for an nftables table in a shape pairlb does
+// not make.
+const foreignLinks = "(foreign content)"
+
 // State returns what pairlb has installed as a Plan: its rules and routes (as Installed) and its
 // nftables table (Transparency, nil when there is none). Tables and Addrs are left empty. A
 // table that exists in a shape pairlb does not make (edited by hand) is reported with the single
@@ -146,7 +157,7 @@ func (m *Manager) State() (Plan, error) {
 		return Plan{}, err
 	}
 	if foreign {
-		t = &Transparency{Links: []string{"(foreign content)"}}
+		t = &Transparency{Links: []string{foreignLinks}}
 	}
 	return Plan{Rules: rules, Routes: routes, Transparency: t}, nil
 }
@@ -154,6 +165,14 @@ func (m *Manager) State() (Plan, error) {
 // Set makes the kernel hold the plan for cfg: it adds what is missing, then removes pairlb's
 // objects the plan no longer has. It writes nothing when the kernel already matches, so calling
 // it again changes nothing. The configuration is kept for Run to re-apply.
+//
+// The plan is applied unit by unit (see Unit): when some units cannot be installed, because
+// the box's links cannot carry them now or the kernel refused one of their objects, Set
+// installs every other unit and returns a *PartialError naming the ones it could not. Run
+// retries those when links or addresses change, and Problems lists them until they are
+// installed; each is logged once when it appears and once when it clears. Any other error
+// means nothing was changed: a configuration that no state of the links can make work (see
+// BuildPlan), or a kernel state that could not be read.
 func (m *Manager) Set(cfg *config.Config) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -170,7 +189,90 @@ func (m *Manager) Set(cfg *config.Config) error {
 		return err
 	}
 	m.cfg = cfg
-	return m.apply(p, links)
+	m.lastErr = ""
+	probs, err := m.applyUnits(p, links)
+	if err != nil {
+		return err
+	}
+	if len(probs) > 0 {
+		return &PartialError{Problems: probs}
+	}
+	return nil
+}
+
+// applyUnits applies p and records its problems, the plan's and the kernel's together.
+func (m *Manager) applyUnits(p Plan, links []Link) ([]Problem, error) {
+	applied, err := m.apply(p, links)
+	if err != nil {
+		return nil, err
+	}
+	return m.record(p.Units, mergeProblems(p.Problems, applied)), nil
+}
+
+// record makes probs the current problems, logging each when it appears, when its reason
+// changes and when it clears, and returns them with the time each was first seen.
+func (m *Manager) record(units []Unit, probs []Problem) []Problem {
+	now := m.now()
+	next := make(map[UnitID]Problem, len(probs))
+	for i, p := range probs {
+		old, seen := m.problems[p.UnitID]
+		p.Since = now
+		if seen {
+			p.Since = old.Since
+		}
+		if !seen || old.Reason != p.Reason {
+			msg := "routing: part of the plan not installed; retrying when links or addresses change"
+			if seen {
+				msg = "routing: part of the plan still not installed, for another reason"
+			}
+			m.log.Warn(msg, "unit", p.UnitID.String(), "family", string(p.Family),
+				"virtual_services", strings.Join(p.Services, ","), "reason", p.Reason)
+		}
+		next[p.UnitID] = p
+		probs[i] = p
+	}
+	planned := map[UnitID]bool{}
+	for _, u := range units {
+		planned[u.UnitID] = true
+	}
+	for id, old := range m.problems {
+		if _, still := next[id]; still {
+			continue
+		}
+		if planned[id] || id.Kind == UnitCleanup {
+			m.log.Info("routing: part of the plan installed", "unit", id.String(), "family", string(id.Family),
+				"after", now.Sub(old.Since).Round(time.Millisecond).String())
+		} else {
+			m.log.Info("routing: part of the plan with a problem is no longer configured", "unit", id.String(), "family", string(id.Family))
+		}
+	}
+	m.units, m.problems = units, next
+	return probs
+}
+
+// Problems returns the units of the plan last applied (by Set or a re-apply) that are not
+// installed in full, in plan order, with the reason and since when.
+func (m *Manager) Problems() []Problem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Problem, 0, len(m.problems))
+	for _, p := range m.problems {
+		p.Services = slices.Clone(p.Services)
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Problem) int { return compareUnits(a.UnitID, b.UnitID) })
+	return out
+}
+
+// Units returns every unit of the plan last applied, whether installed or not (see Problems).
+func (m *Manager) Units() []Unit {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := slices.Clone(m.units)
+	for i := range out {
+		out[i].Services = slices.Clone(out[i].Services)
+	}
+	return out
 }
 
 // Cleanup removes every object in pairlb's range, whoever left it: call it at start, before the
@@ -188,6 +290,7 @@ func (m *Manager) Close() error {
 	defer m.mu.Unlock()
 	m.closed = true
 	m.cfg = nil
+	m.units, m.problems = nil, map[UnitID]Problem{}
 	return m.removeAll()
 }
 
@@ -196,7 +299,11 @@ func (m *Manager) removeAll() error {
 	if err != nil {
 		return err
 	}
-	return m.apply(Plan{}, links)
+	probs, err := m.apply(Plan{}, links)
+	if err == nil && len(probs) > 0 {
+		err = &PartialError{Problems: probs}
+	}
+	return err
 }
 
 // Installed lists pairlb's rules and routes in the kernel, sorted as a plan's are.
@@ -295,14 +402,123 @@ func fromNetlink(r *netlink.Route, fam int) (Route, bool) {
 	return rt, true
 }
 
-// apply makes the kernel hold p. It adds first and removes after; errors are gathered so that
-// one bad table does not stop the others.
-func (m *Manager) apply(p Plan, links []Link) error {
+// unitErrors gathers what went wrong while applying a plan, per unit, so that one refused
+// call is reported against the unit it belongs to and never stops the others.
+type unitErrors struct {
+	byTable map[int]Unit // gateway tables
+	trans   map[Family]Unit
+	addrs   map[netip.Addr]Unit
+	errs    map[UnitID][]error
+	units   map[UnitID]Unit
+}
+
+func newUnitErrors(p Plan) *unitErrors {
+	u := &unitErrors{byTable: map[int]Unit{}, trans: map[Family]Unit{}, addrs: map[netip.Addr]Unit{},
+		errs: map[UnitID][]error{}, units: map[UnitID]Unit{}}
+	for _, un := range p.Units {
+		switch un.Kind {
+		case UnitGateway:
+			u.byTable[un.Table] = un
+		case UnitTransparency:
+			u.trans[un.Family] = un
+		case UnitAddress:
+			u.addrs[un.Addr] = un
+		}
+	}
+	return u
+}
+
+func (u *unitErrors) add(un Unit, err error) {
+	u.units[un.UnitID] = un
+	u.errs[un.UnitID] = append(u.errs[un.UnitID], err)
+}
+
+func cleanupUnit(fam Family) Unit { return Unit{UnitID: UnitID{Kind: UnitCleanup, Family: fam}} }
+
+// table is the unit a rule or route in table id belongs to: a removal in a table no unit
+// holds any more is the cleanup's.
+func (u *unitErrors) table(id int, fam Family) Unit {
+	if id == TransparentTable {
+		if un, ok := u.trans[fam]; ok {
+			return un
+		}
+	} else if un, ok := u.byTable[id]; ok {
+		return un
+	}
+	return cleanupUnit(fam)
+}
+
+func (u *unitErrors) addr(a netip.Addr) Unit {
+	if un, ok := u.addrs[a]; ok {
+		return un
+	}
+	return cleanupUnit(familyOf(a))
+}
+
+// nft is the unit of the nftables table: every transparency unit of the plan, or the cleanup
+// when there is none.
+func (u *unitErrors) nft(err error) {
+	if len(u.trans) == 0 {
+		u.add(cleanupUnit(""), err)
+		return
+	}
+	for _, fam := range []Family{IPv4, IPv6} {
+		if un, ok := u.trans[fam]; ok {
+			u.add(un, err)
+		}
+	}
+}
+
+func (u *unitErrors) problems() []Problem {
+	var out []Problem
+	for id, errs := range u.errs {
+		out = append(out, Problem{Unit: u.units[id], Reason: joinReasons(errs)})
+	}
+	slices.SortFunc(out, func(a, b Problem) int { return compareUnits(a.UnitID, b.UnitID) })
+	return out
+}
+
+func joinReasons(errs []error) string {
+	s := make([]string, len(errs))
+	for i, e := range errs {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+// mergeProblems puts the problems of the same unit together (the plan's and those of
+// applying it).
+func mergeProblems(lists ...[]Problem) []Problem {
+	var out []Problem
+	at := map[UnitID]int{}
+	for _, l := range lists {
+		for _, p := range l {
+			if i, ok := at[p.UnitID]; ok {
+				out[i].Reason += "; " + p.Reason
+				continue
+			}
+			at[p.UnitID] = len(out)
+			out = append(out, p)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Problem) int { return compareUnits(a.UnitID, b.UnitID) })
+	return out
+}
+
+// apply makes the kernel hold p. It adds first and removes after, and every call is made
+// whatever the others answered: a route the kernel refuses (EINVAL, ENETUNREACH) is reported
+// against its unit, and the other units are installed all the same. It returns the problems
+// of the units it could not install in full; err is for a kernel state it could not read at
+// the start, when it wrote nothing.
+//
+// What p keeps of its units with a problem (keepsRoute, keepsAddr, keepsNFTLinks) is not
+// removed, nor are the other routes of a table in which an add failed.
+func (m *Manager) apply(p Plan, links []Link) ([]Problem, error) {
 	rules, routes, err := m.installed(links)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var errs []error
+	fails := newUnitErrors(p)
 	changed := false
 
 	// Addresses.
@@ -332,7 +548,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 			m.log.Info("added VIP address", "address", a.Prefix, "link", a.LinkName)
 		case errors.Is(err, unix.EEXIST):
 		default:
-			errs = append(errs, fmt.Errorf("adding address %s to %s: %w", a.Prefix, a.LinkName, err))
+			fails.add(fails.addr(a.Prefix.Addr()), fmt.Errorf("adding address %s to %s: %w", a.Prefix, a.LinkName, err))
 		}
 	}
 
@@ -348,7 +564,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 		}
 		if err := m.h.RouteReplace(toNetlinkRoute(r)); err != nil {
 			failedTables[r.Table] = true
-			errs = append(errs, fmt.Errorf("adding route %q: %w", r.Line(), err))
+			fails.add(fails.table(r.Table, familyOf(r.Dst.Addr())), fmt.Errorf("adding route %q: %w", r.Line(), err))
 			continue
 		}
 		changed = true
@@ -371,14 +587,14 @@ func (m *Manager) apply(p Plan, links []Link) error {
 			m.log.Info("added rule", "rule", r.Line())
 		case errors.Is(err, unix.EEXIST):
 		default:
-			errs = append(errs, fmt.Errorf("adding rule %q: %w", r.Line(), err))
+			fails.add(fails.table(r.Table, familyOf(r.Src.Addr())), fmt.Errorf("adding rule %q: %w", r.Line(), err))
 		}
 	}
 
 	// The nftables table comes after the rule and route it relies on, and goes before them:
 	// a packet is never marked for a table that is not there.
-	if _, err := m.syncNFT(p.Transparency); err != nil {
-		errs = append(errs, err)
+	if _, err := m.syncNFT(p.Transparency, p.keepsNFTLinks()); err != nil {
+		fails.nft(err)
 		if p.Transparency == nil {
 			// The marking may still be in place: keep the rule and route it needs.
 			for _, r := range rules {
@@ -398,7 +614,8 @@ func (m *Manager) apply(p Plan, links []Link) error {
 	// route in place).
 	if changed {
 		if rules, routes, err = m.installed(links); err != nil {
-			return errors.Join(append(errs, err)...)
+			fails.add(cleanupUnit(""), fmt.Errorf("not removing what the plan no longer holds: %w", err))
+			return fails.problems(), nil
 		}
 	}
 	wantRules := map[Rule]bool{}
@@ -415,7 +632,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 			m.log.Info("removed rule", "rule", delLine(r.Line()))
 		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ESRCH):
 		default:
-			errs = append(errs, fmt.Errorf("removing rule %q: %w", delLine(r.Line()), err))
+			fails.add(fails.table(r.Table, familyOf(r.Src.Addr())), fmt.Errorf("removing rule %q: %w", delLine(r.Line()), err))
 		}
 	}
 	wantRoutes := map[routeKey]bool{}
@@ -423,7 +640,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 		wantRoutes[r.key()] = true
 	}
 	for _, r := range routes {
-		if wantRoutes[r.key()] || failedTables[r.Table] {
+		if wantRoutes[r.key()] || failedTables[r.Table] || p.keepsRoute(r) {
 			continue
 		}
 		err := m.h.RouteDel(toNetlinkRoute(r))
@@ -432,7 +649,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 			m.log.Info("removed route", "route", delLine(r.Line()))
 		case errors.Is(err, unix.ESRCH), errors.Is(err, unix.ENOENT):
 		default:
-			errs = append(errs, fmt.Errorf("removing route %q: %w", delLine(r.Line()), err))
+			fails.add(fails.table(r.Table, familyOf(r.Dst.Addr())), fmt.Errorf("removing route %q: %w", delLine(r.Line()), err))
 		}
 	}
 
@@ -443,7 +660,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 	}
 	labelled, err := m.labelledAddrs()
 	if err != nil {
-		errs = append(errs, err)
+		fails.add(cleanupUnit(IPv4), err)
 	}
 	for a, label := range labelled {
 		mine[a] = label
@@ -453,7 +670,7 @@ func (m *Manager) apply(p Plan, links []Link) error {
 		names[l.Index] = l.Name
 	}
 	for a := range mine {
-		if wantAddrs[a] {
+		if wantAddrs[a] || p.keepsAddr(a) {
 			continue
 		}
 		a.LinkName = names[a.Link]
@@ -463,12 +680,12 @@ func (m *Manager) apply(p Plan, links []Link) error {
 			m.log.Info("removed VIP address", "address", a.Prefix, "link", a.LinkName)
 		case errors.Is(err, unix.EADDRNOTAVAIL), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENOENT):
 		default:
-			errs = append(errs, fmt.Errorf("removing address %s from %s: %w", a.Prefix, a.LinkName, err))
+			fails.add(fails.addr(a.Prefix.Addr()), fmt.Errorf("removing address %s from %s: %w", a.Prefix, a.LinkName, err))
 			continue
 		}
 		delete(m.owned, a.key())
 	}
-	return errors.Join(errs...)
+	return fails.problems(), nil
 }
 
 // labelledAddrs lists the IPv4 host addresses carrying pairlb's label.
@@ -658,14 +875,26 @@ func (m *Manager) watch(ctx context.Context) error {
 	}
 	resync := time.NewTicker(m.resync)
 	defer resync.Stop()
+	// While a unit is not installed, a timer re-applies too (a refusal need not come with an
+	// event), backing off from a second to the resync interval. A re-apply writes nothing for
+	// the units already installed, so it only ever retries the failing ones.
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	retryIn, retrying := time.Second, false
+	applied := func(ok bool) {
+		switch {
+		case ok:
+			retry.Stop()
+			retryIn, retrying = time.Second, false
+		case !retrying:
+			retry.Reset(retryIn)
+			retrying = true
+		}
+	}
 
 	// Anything may have changed while nobody watched.
-	if !m.reapply() {
-		retry.Reset(time.Second)
-	}
+	applied(m.reapply())
 
 	for {
 		select {
@@ -698,15 +927,13 @@ func (m *Manager) watch(ctx context.Context) error {
 			}
 		case <-timer.C:
 			armed = false
-			if !m.reapply() {
-				retry.Reset(time.Second)
-			}
+			applied(m.reapply())
 		case <-retry.C:
-			if !m.reapply() {
-				retry.Reset(time.Second)
-			}
+			retrying = false
+			retryIn = min(2*retryIn, max(m.resync, time.Second))
+			applied(m.reapply())
 		case <-resync.C:
-			m.reapply()
+			applied(m.reapply())
 		}
 	}
 }
@@ -735,7 +962,9 @@ func (m *Manager) linksChanged(links []Link) {
 	}
 }
 
-// reapply applies the last configuration again; it reports false when that failed.
+// reapply applies the last configuration again; it reports whether every unit is installed.
+// The problems of units are logged by record when they change; a failure to read the kernel's
+// state is logged once until it changes or clears.
 func (m *Manager) reapply() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -746,13 +975,22 @@ func (m *Manager) reapply() bool {
 	if err == nil {
 		m.linksChanged(links)
 		var p Plan
+		// The configuration planned without error when Set took it, and what makes a plan
+		// fail outright does not depend on the links.
 		if p, err = BuildPlan(m.cfg, links); err == nil {
-			err = m.apply(p, links)
+			var probs []Problem
+			if probs, err = m.applyUnits(p, links); err == nil {
+				if m.lastErr != "" {
+					m.log.Info("re-applying routing plan: the kernel's state is readable again")
+					m.lastErr = ""
+				}
+				return len(probs) == 0
+			}
 		}
 	}
-	if err != nil {
+	if msg := err.Error(); msg != m.lastErr {
 		m.log.Warn("re-applying routing plan", "error", err)
-		return false
+		m.lastErr = msg
 	}
-	return true
+	return false
 }

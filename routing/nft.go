@@ -138,10 +138,11 @@ func nftRuleLink(r *nftables.Rule) (string, bool) {
 	return name, true
 }
 
-// syncNFT makes pairlb's nftables table hold want (none when want is nil). It writes nothing when
-// the table already matches; otherwise it replaces the whole table in one transaction, so
-// there is no moment without the rules. It reports whether it wrote.
-func (m *Manager) syncNFT(want *Transparency) (bool, error) {
+// syncNFT makes pairlb's nftables table hold want (none when want is nil). With keep, the
+// interfaces the table marks now stay marked beside want's (see Plan.keepsNFTLinks). It writes
+// nothing when the table already matches; otherwise it replaces the whole table in one
+// transaction, so there is no moment without the rules. It reports whether it wrote.
+func (m *Manager) syncNFT(want *Transparency, keep bool) (bool, error) {
 	c, err := m.nftConn()
 	if err != nil {
 		return false, err
@@ -152,6 +153,13 @@ func (m *Manager) syncNFT(want *Transparency) (bool, error) {
 			return false, nil // no nf_tables here: nothing of pairlb's can be there either
 		}
 		return false, err
+	}
+	if keep && want != nil && have != nil && !foreign {
+		links := slices.Concat(want.Links, have.Links)
+		slices.Sort(links)
+		w := *want
+		w.Links = slices.Compact(links)
+		want = &w
 	}
 	switch {
 	case want == nil && have == nil:

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pairlb/pairlb/config"
 )
@@ -98,6 +99,129 @@ type Plan struct {
 	Addrs  []Addr
 	// Transparency is nil when no virtual service is transparent.
 	Transparency *Transparency
+	// Units are the parts of the plan, each installed and reported on its own (see Unit);
+	// Problems are those the box's links cannot carry now, with the reason. The objects above
+	// hold what can be installed, of the units with a problem too (see BuildPlan).
+	Units    []Unit
+	Problems []Problem
+}
+
+// Family is an IP address family, as the status and metrics name it.
+type Family string
+
+// The families.
+const (
+	IPv4 Family = "ipv4"
+	IPv6 Family = "ipv6"
+)
+
+func familyOf(a netip.Addr) Family {
+	if a.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// UnitKind is the kind of a Unit.
+type UnitKind string
+
+// The kinds of units.
+const (
+	// UnitGateway is one default gateway's table and the `from VIP` rules of the VIPs that use
+	// it (a gateway has one family).
+	UnitGateway UnitKind = "gateway"
+	// UnitAddress is one VIP address pairlb adds (Global.ManageAddresses).
+	UnitAddress UnitKind = "address"
+	// UnitTransparency is, per family, the mark rule and the local route of the transparent
+	// services, with their interfaces in the nftables table.
+	UnitTransparency UnitKind = "transparency"
+	// UnitCleanup is the removal of pairlb's objects that no unit holds any more; it only ever
+	// appears in a Problem, when a removal failed.
+	UnitCleanup UnitKind = "cleanup"
+)
+
+// UnitID identifies a unit from one plan to the next (table ids may change, a gateway does
+// not).
+type UnitID struct {
+	Kind UnitKind
+	// Addr is the gateway (UnitGateway) or the VIP (UnitAddress); invalid otherwise.
+	Addr   netip.Addr
+	Family Family // empty for the cleanup of the nftables table, which serves both
+}
+
+// String names the unit as logs and errors do: "gateway 198.18.1.1", "VIP address
+// 2001:db8::10", "ipv4 transparency".
+func (u UnitID) String() string {
+	switch u.Kind {
+	case UnitGateway:
+		return "gateway " + u.Addr.String()
+	case UnitAddress:
+		return "VIP address " + u.Addr.String()
+	}
+	if u.Family == "" {
+		return string(u.Kind)
+	}
+	return string(u.Family) + " " + string(u.Kind)
+}
+
+// Unit is one part of a plan that is installed on its own, so that what one gateway's link
+// cannot carry (its subnet's address gone, its link down) never keeps another gateway's table,
+// or a VIP's address, from being installed or repaired.
+type Unit struct {
+	UnitID
+	// Table is the gateway's table (UnitGateway) or TransparentTable (UnitTransparency).
+	Table int
+	// Services are the virtual services that need the unit, in file order. In a Problem of a
+	// transparency unit, only those whose real servers cause it.
+	Services []string
+}
+
+// Problem is a unit that is not installed in full, and why.
+type Problem struct {
+	Unit
+	Reason string
+	// Since is when a Manager first saw the problem; zero in a Plan.
+	Since time.Time
+}
+
+// String is the problem as one line: `gateway 198.18.1.1 of virtual service "fe-web": the
+// gateway is on no connected subnet of this box`.
+func (p Problem) String() string {
+	s := p.UnitID.String()
+	if len(p.Services) > 0 {
+		s += " of " + servicesPhrase(p.Services)
+	}
+	return s + ": " + p.Reason
+}
+
+func servicesPhrase(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	if len(q) == 1 {
+		return "virtual service " + q[0]
+	}
+	return "virtual services " + strings.Join(q, ", ")
+}
+
+// PartialError is what Manager.Set returns when some units could not be installed: everything
+// else is, and Run retries these when links or addresses change (and on a timer while any
+// remains). It is not a rejection of the configuration.
+type PartialError struct {
+	Problems []Problem
+}
+
+func (e *PartialError) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = p.String()
+	}
+	n := "1 part"
+	if len(lines) != 1 {
+		n = fmt.Sprintf("%d parts", len(lines))
+	}
+	return n + " of the routing plan not installed (the rest is): " + strings.Join(lines, "; ")
 }
 
 // BuildPlan computes the kernel state for cfg on a box with the given links. It is pure: the
@@ -109,9 +233,18 @@ type Plan struct {
 // UseDefaultRouteOnly the table also holds copies of all the box's connected routes. Each VIP
 // of a service with a gateway gets `from VIP lookup TABLE`; services without one get nothing
 // (but a rule matches the address, so a gateway-less service sharing a VIP with one that has a
-// gateway follows that gateway too; two different gateways on one VIP are an error). A
-// gateway whose link is down gets no routes through it (the kernel would refuse them); a
-// Manager re-applies when the link comes back.
+// gateway follows that gateway too; two different gateways on one VIP are an error).
+//
+// The error is for what no state of the links can change (a VIP and its gateway of different
+// families, two gateways on one VIP, more gateways than tables, a transparent service's real
+// server of the other family): nothing of such a configuration can be applied. What depends
+// on the links is planned per Unit instead: a unit the links cannot carry now is listed in
+// Problems, and the plan holds everything else. A gateway on no connected subnet of the box,
+// or whose link is down, keeps its rules and, with UseDefaultRouteOnly, its `unreachable
+// default`: those need no link, and they keep the VIP's replies from leaking through the main
+// table until the gateway can be reached (a Manager re-applies when links and addresses
+// change). A managed VIP on no connected subnet is not added; a transparent service's real
+// server that is on no connected subnet, or where clients reach it directly, marks nothing.
 //
 // Table ids follow the sorted gateways, so adding a gateway that sorts before existing ones
 // renumbers the tables after it; a Manager handles that like any other change (new routes and
@@ -176,26 +309,34 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 	}
 
 	var p Plan
+	problem := func(u Unit, reason string) { p.Problems = append(p.Problems, Problem{Unit: u, Reason: reason}) }
 	tableOf := map[netip.Addr]int{}
 	for i, gw := range gateways {
 		id := TableFirst + i
 		tableOf[gw] = id
-		link, own, ok := connectedOn(links, gw, vips)
-		if !ok {
-			errs = append(errs, fmt.Errorf("gateway %s of virtual service %q is on no connected subnet of this box",
-				gw, gwServices[gw][0]))
-			continue
-		}
-		p.Tables = append(p.Tables, Table{ID: id, Gateway: gw, Link: link.Index, LinkName: link.Name, Services: gwServices[gw]})
+		unit := Unit{UnitID: UnitID{Kind: UnitGateway, Addr: gw, Family: familyOf(gw)}, Table: id, Services: gwServices[gw]}
+		p.Units = append(p.Units, unit)
 
 		var routes []Route
-		if link.Up {
+		link, own, ok := connectedOn(links, gw, vips)
+		switch {
+		case !ok:
+			problem(unit, "the gateway is on no connected subnet of this box")
+		case !link.Up:
+			problem(unit, "its link "+link.Name+" is down")
+		default:
 			routes = append(routes,
 				Route{Table: id, Dst: own.Masked(), Link: link.Index, LinkName: link.Name, Src: own.Addr(), Metric: RouteMetric},
 				Route{Table: id, Dst: defaultDst(gw), Gw: gw, Link: link.Index, LinkName: link.Name, Metric: RouteMetric})
 		}
+		if ok {
+			p.Tables = append(p.Tables, Table{ID: id, Gateway: gw, Link: link.Index, LinkName: link.Name, Services: gwServices[gw]})
+		}
 		if !cfg.Global.UseDefaultRouteOnly {
-			seen := map[netip.Prefix]bool{own.Masked(): true}
+			seen := map[netip.Prefix]bool{}
+			if ok {
+				seen[own.Masked()] = true
+			}
 			for _, l := range links {
 				if !l.Up {
 					continue
@@ -215,50 +356,59 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 		p.Routes = append(p.Routes, routes...)
 	}
 
-	if tp, v4, v6, terrs := planTransparency(cfg, links, vips); len(terrs) > 0 {
+	if tp, units, probs, terrs := planTransparency(cfg, links, vips); len(terrs) > 0 {
 		errs = append(errs, terrs...)
 	} else if tp != nil {
 		p.Transparency = tp
-		for _, fam := range []struct {
-			on  bool
-			all netip.Prefix
-		}{{v4, netip.PrefixFrom(netip.IPv4Unspecified(), 0)}, {v6, netip.PrefixFrom(netip.IPv6Unspecified(), 0)}} {
-			if !fam.on {
-				continue
+		p.Units = append(p.Units, units...)
+		p.Problems = append(p.Problems, probs...)
+		// The rule and the route need no link: they are there for every family with a
+		// transparent service, whatever its real servers' subnets.
+		for _, u := range units {
+			all := defaultDst(netip.IPv4Unspecified())
+			if u.Family == IPv6 {
+				all = defaultDst(netip.IPv6Unspecified())
 			}
-			p.Rules = append(p.Rules, Rule{Priority: TransparentPriority, Table: TransparentTable, Src: fam.all, Mark: Mark, Mask: MarkMask})
-			p.Routes = append(p.Routes, Route{Table: TransparentTable, Type: Local, Dst: fam.all, Link: loopbackIndex, LinkName: "lo", Metric: RouteMetric})
+			p.Rules = append(p.Rules, Rule{Priority: TransparentPriority, Table: TransparentTable, Src: all, Mark: Mark, Mask: MarkMask})
+			p.Routes = append(p.Routes, Route{Table: TransparentTable, Type: Local, Dst: all, Link: loopbackIndex, LinkName: "lo", Metric: RouteMetric})
 		}
 		sortRoutes(p.Routes)
 	}
 
 	for _, vip := range vipOrder {
-		id, ok := tableOf[vipGW[vip].gw]
-		if !ok {
-			continue
-		}
+		id := tableOf[vipGW[vip].gw]
 		p.Rules = append(p.Rules, Rule{Priority: id, Table: id, Src: netip.PrefixFrom(vip, vip.BitLen())})
 	}
 	sortRules(p.Rules)
 
 	if cfg.Global.ManageAddresses {
-		seen := map[netip.Addr]bool{}
+		services := map[netip.Addr][]string{}
+		var order []netip.Addr
 		for _, vs := range cfg.VirtualServices {
 			vip := vs.VIP.Unmap()
-			if !vip.IsValid() || seen[vip] {
+			if !vip.IsValid() {
 				continue
 			}
-			seen[vip] = true
+			if _, seen := services[vip]; !seen {
+				order = append(order, vip)
+			}
+			services[vip] = append(services[vip], vs.Name)
+		}
+		var addrUnits []Unit
+		for _, vip := range order {
 			if ownAddress(links, vip) {
 				continue // the box's own or keepalived's address: not pairlb's to add
 			}
+			unit := Unit{UnitID: UnitID{Kind: UnitAddress, Addr: vip, Family: familyOf(vip)}, Services: services[vip]}
+			addrUnits = append(addrUnits, unit)
 			link, _, ok := connectedOn(links, vip, nil)
 			if !ok {
-				errs = append(errs, fmt.Errorf("VIP %s of virtual service %q is on no connected subnet of this box", vip, vs.Name))
+				problem(unit, "the VIP is on no connected subnet of this box")
 				continue
 			}
 			p.Addrs = append(p.Addrs, Addr{Link: link.Index, LinkName: link.Name, Prefix: netip.PrefixFrom(vip, vip.BitLen())})
 		}
+		p.Units = append(p.Units, addrUnits...)
 		slices.SortFunc(p.Addrs, func(a, b Addr) int {
 			return cmp.Or(cmp.Compare(a.Link, b.Link), a.Prefix.Addr().Compare(b.Prefix.Addr()))
 		})
@@ -267,12 +417,66 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 	if len(errs) > 0 {
 		return Plan{}, errors.Join(errs...)
 	}
+	sortUnits(p.Units)
+	slices.SortStableFunc(p.Problems, func(a, b Problem) int { return compareUnits(a.UnitID, b.UnitID) })
 	return p, nil
 }
 
+// sortUnits orders units as a plan lists them: gateways (in table order), transparency, then
+// addresses, each family and address in order.
+func sortUnits(us []Unit) {
+	slices.SortStableFunc(us, func(a, b Unit) int { return compareUnits(a.UnitID, b.UnitID) })
+}
+
+func compareUnits(a, b UnitID) int {
+	rank := func(k UnitKind) int {
+		return slices.Index([]UnitKind{UnitGateway, UnitTransparency, UnitAddress, UnitCleanup}, k)
+	}
+	return cmp.Or(cmp.Compare(rank(a.Kind), rank(b.Kind)), a.Addr.Compare(b.Addr), cmp.Compare(a.Family, b.Family))
+}
+
+// keepsRoute reports whether an installed route that the plan does not hold must stay
+// nonetheless: it is in the table of a gateway with a problem and goes via that gateway (or
+// is the gateway's connected route). The plan cannot say what such a table should hold, and
+// the routes still there are the kernel's judgement of what still works: a link going down
+// takes its routes with it (IPv4 routes are flushed, IPv6 ones deleted), while a route that
+// outlives a lost address (an IPv6 default via the router, reached through the link-local
+// addresses) still carries the VIP's replies, and removing it would cut service the box can
+// still give. The rule and the `unreachable default` are in the plan and stay anyway, so the
+// VIP's traffic never falls through to the main table. Routes of another gateway that a
+// renumbering left in the table are not kept.
+func (p Plan) keepsRoute(r Route) bool {
+	for _, pr := range p.Problems {
+		if pr.Kind != UnitGateway || pr.Table != r.Table {
+			continue
+		}
+		if r.Gw == pr.Addr || r.Type == Unicast && !r.Gw.IsValid() && r.Dst.Contains(pr.Addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// keepsAddr reports whether an address pairlb added must stay although the plan does not hold
+// it: the VIP's unit has a problem (its subnet is gone from the box for now), and listeners
+// bound to it, and keepalived's view of the box, are better served by leaving it where it is.
+func (p Plan) keepsAddr(a Addr) bool {
+	return slices.ContainsFunc(p.Problems, func(pr Problem) bool {
+		return pr.Kind == UnitAddress && pr.Addr == a.Prefix.Addr()
+	})
+}
+
+// keepsNFTLinks reports whether the interfaces installed in the nftables table stay in it
+// beside the plan's: a transparency unit has a problem, so the plan may be missing an
+// interface whose real servers are only unreachable for now. Marking replies on an extra
+// interface is harmless (only pairlb's own transparent sockets match).
+func (p Plan) keepsNFTLinks() bool {
+	return slices.ContainsFunc(p.Problems, func(pr Problem) bool { return pr.Kind == UnitTransparency })
+}
+
 // planTransparency checks the transparent services and returns the nftables part of their
-// state and the address families that need the rule and route; nil when no service is
-// transparent.
+// state, their units (one per family) and the problems of those units; nil when no service is
+// transparent. errs are the faults no state of the links can mend.
 //
 // A transparent service connects to its real servers from the client's address, so the real
 // servers must send their replies to the client through the box. That can only work when every
@@ -285,20 +489,23 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 //     gateway, a "one-arm" setup in which the real servers' default gateway must be the box),
 //     and not on any subnet the service's access list allows clients from: a real server
 //     answers a client on its own subnet directly, and the client drops the reply.
-func planTransparency(cfg *config.Config, links []Link, vips map[netip.Addr]bool) (tp *Transparency, v4, v6 bool, errs []error) {
+//
+// The last two depend on the box's addresses, so they are problems of the family's unit: the
+// interfaces of the other real servers are marked all the same.
+func planTransparency(cfg *config.Config, links []Link, vips map[netip.Addr]bool) (tp *Transparency, units []Unit, problems []Problem, errs []error) {
 	ifaces := map[string]bool{}
 	var services []string
+	byFamily := map[Family][]string{} // transparent services per family
+	failing := map[Family][]string{}  // those with a problem
+	reasons := map[Family][]string{}  // and the problems
 	for _, vs := range cfg.VirtualServices {
 		vip := vs.VIP.Unmap()
 		if !vs.Transparent || !vip.IsValid() {
 			continue
 		}
 		services = append(services, vs.Name)
-		if vip.Is4() {
-			v4 = true
-		} else {
-			v6 = true
-		}
+		fam := familyOf(vip)
+		byFamily[fam] = append(byFamily[fam], vs.Name)
 		type target struct {
 			what string
 			addr netip.Addr
@@ -312,11 +519,17 @@ func planTransparency(cfg *config.Config, links []Link, vips map[netip.Addr]bool
 		}
 		gw := vs.DefaultGateway.Unmap()
 		for _, t := range targets {
+			msg := func(format string, args ...any) string {
+				return fmt.Sprintf("virtual service %q is transparent, but its %s "+format, append([]any{vs.Name, t.what}, args...)...)
+			}
 			fail := func(format string, args ...any) {
-				errs = append(errs, fmt.Errorf("virtual service %q is transparent, but its %s "+format, append([]any{vs.Name, t.what}, args...)...))
+				reasons[fam] = append(reasons[fam], msg(format, args...))
+				if !slices.Contains(failing[fam], vs.Name) {
+					failing[fam] = append(failing[fam], vs.Name)
+				}
 			}
 			if t.addr.Is4() != vip.Is4() {
-				fail("is not of the VIP's address family: connections to it leave from the client's address")
+				errs = append(errs, errors.New(msg("is not of the VIP's address family: connections to it leave from the client's address")))
 				continue
 			}
 			link, own, ok := connectedOn(links, t.addr, vips)
@@ -337,14 +550,26 @@ func planTransparency(cfg *config.Config, links []Link, vips map[netip.Addr]bool
 		}
 	}
 	if len(services) == 0 || len(errs) > 0 {
-		return nil, false, false, errs
+		return nil, nil, nil, errs
 	}
 	tp = &Transparency{Services: services}
 	for name := range ifaces {
 		tp.Links = append(tp.Links, name)
 	}
 	slices.Sort(tp.Links)
-	return tp, v4, v6, nil
+	for _, fam := range []Family{IPv4, IPv6} {
+		if len(byFamily[fam]) == 0 {
+			continue
+		}
+		u := Unit{UnitID: UnitID{Kind: UnitTransparency, Family: fam}, Table: TransparentTable, Services: byFamily[fam]}
+		units = append(units, u)
+		if len(reasons[fam]) > 0 {
+			pu := u
+			pu.Services = failing[fam]
+			problems = append(problems, Problem{Unit: pu, Reason: strings.Join(reasons[fam], "; ")})
+		}
+	}
+	return tp, units, problems, nil
 }
 
 // SourceFor returns the box's own address on the directly connected subnet that holds dst: the
@@ -607,8 +832,8 @@ func addrLabel(ifname string) string {
 }
 
 // DiffLines compares a plan with what is installed (Manager.Installed) and renders the
-// difference as iproute2 commands: "+ " for what is missing, "- " for what is extra. It is
-// empty when the kernel matches the plan.
+// difference as iproute2 commands: "+ " for what is missing, "- " for what is extra (but not
+// what a Manager keeps of a unit with a problem). It is empty when the kernel matches the plan.
 func DiffLines(want Plan, rules []Rule, routes []Route) []string {
 	var out []string
 	haveRules := map[Rule]bool{}
@@ -638,7 +863,7 @@ func DiffLines(want Plan, rules []Rule, routes []Route) []string {
 		}
 	}
 	for _, r := range routes {
-		if !wantRoutes[r.key()] {
+		if !wantRoutes[r.key()] && !want.keepsRoute(r) {
 			out = append(out, "- "+delLine(r.Line()))
 		}
 	}
@@ -655,7 +880,8 @@ func DiffLines(want Plan, rules []Rule, routes []Route) []string {
 func Diff(want, have Plan) []string {
 	out := DiffLines(want, have.Rules, have.Routes)
 	w, h := want.Transparency, have.Transparency
-	if w != nil && h != nil && slices.Equal(w.Links, h.Links) {
+	if w != nil && h != nil && (slices.Equal(w.Links, h.Links) ||
+		want.keepsNFTLinks() && !slices.Equal(h.Links, []string{foreignLinks}) && containsAll(h.Links, w.Links)) {
 		return out
 	}
 	if h != nil {
@@ -667,6 +893,15 @@ func Diff(want, have Plan) []string {
 		}
 	}
 	return out
+}
+
+func containsAll(have, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
 }
 
 // delLine turns an `ip ... add` command into the matching `ip ... del`.

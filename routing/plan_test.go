@@ -2,6 +2,7 @@ package routing
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -80,6 +81,11 @@ func TestBuildPlanLyncStrict(t *testing.T) {
 			{Table: 20102, Dst: pfx("201.44.53.0/24"), Link: 4, LinkName: "ext0", Src: addr("201.44.53.10"), Metric: RouteMetric},
 			{Table: 20102, Dst: pfx("0.0.0.0/0"), Gw: addr("201.44.53.1"), Link: 4, LinkName: "ext0", Metric: RouteMetric},
 			{Table: 20102, Type: Unreachable, Dst: pfx("0.0.0.0/0"), Metric: UnreachableMetric},
+		},
+		Units: []Unit{
+			gwUnit("10.11.0.1", 20100, "fe-https", "fe-sip"),
+			gwUnit("192.168.100.1", 20101, "edge-int-sip", "owa"),
+			gwUnit("201.44.53.1", 20102, "edge-ext-sip", "edge-ext-sip-redirect"),
 		},
 	}
 	if d := cmp.Diff(want, p, netipEqual); d != "" {
@@ -180,6 +186,11 @@ func TestBuildPlanIPv6(t *testing.T) {
 	}
 }
 
+func gwUnit(gw string, table int, services ...string) Unit {
+	a := addr(gw)
+	return Unit{UnitID: UnitID{Kind: UnitGateway, Addr: a, Family: familyOf(a)}, Table: table, Services: services}
+}
+
 func TestBuildPlanLinkDown(t *testing.T) {
 	links := lyncLinks()
 	links[0].Up = false
@@ -198,6 +209,98 @@ func TestBuildPlanLinkDown(t *testing.T) {
 	if d := cmp.Diff(want, p.Lines(), netipEqual); d != "" {
 		t.Errorf("lines with the gateway's link down (-want +got):\n%s", d)
 	}
+	wantProblems := []Problem{{Unit: gwUnit("10.11.0.1", 20100, "fe"), Reason: "its link int0 is down"}}
+	if d := cmp.Diff(wantProblems, p.Problems, netipEqual); d != "" {
+		t.Errorf("problems with the gateway's link down (-want +got):\n%s", d)
+	}
+}
+
+// A link flap took the IPv6 addresses of ext0 away (no keep_addr_on_down): the IPv4 gateway on
+// the same link and the gateway on int0 are planned in full, the IPv6 gateway is one problem
+// that keeps its rule and its unreachable default, and the IPv6 VIP pairlb manages is another.
+// Before units, the whole plan failed and no table could be repaired.
+func TestBuildPlanPartialIPv6AddressGone(t *testing.T) {
+	cfg := &config.Config{
+		Global: config.Global{UseDefaultRouteOnly: true, ManageAddresses: true},
+		VirtualServices: []config.VirtualService{
+			vs("edge-v6", "2001:db8:53::50", "2001:db8:53::1"),
+			vs("edge-v4", "201.44.53.50", "201.44.53.1"),
+			vs("fe", "10.11.0.50", "10.11.0.1"),
+		},
+	}
+	links := lyncLinks()
+	links[2].Addrs = []netip.Prefix{pfx("201.44.53.10/24")}
+	p, err := BuildPlan(cfg, links)
+	if err != nil {
+		t.Fatalf("BuildPlan with one gateway unreachable: %v", err)
+	}
+	want := []string{
+		"ip addr add 10.11.0.50/32 dev int0 label int0:plb",
+		"ip addr add 201.44.53.50/32 dev ext0 label ext0:plb",
+		"ip route add 10.11.0.0/24 dev int0 proto 112 scope link src 10.11.0.10 metric 1024 table 20100",
+		"ip route add default via 10.11.0.1 dev int0 proto 112 metric 1024 table 20100",
+		"ip route add unreachable default proto 112 metric 4294967295 table 20100",
+		"ip route add 201.44.53.0/24 dev ext0 proto 112 scope link src 201.44.53.10 metric 1024 table 20101",
+		"ip route add default via 201.44.53.1 dev ext0 proto 112 metric 1024 table 20101",
+		"ip route add unreachable default proto 112 metric 4294967295 table 20101",
+		"ip -6 route add unreachable default proto 112 metric 4294967295 table 20102",
+		"ip rule add from 10.11.0.50/32 lookup 20100 priority 20100 protocol 112",
+		"ip rule add from 201.44.53.50/32 lookup 20101 priority 20101 protocol 112",
+		"ip -6 rule add from 2001:db8:53::50/128 lookup 20102 priority 20102 protocol 112",
+	}
+	if d := cmp.Diff(want, p.Lines()); d != "" {
+		t.Errorf("lines (-want +got):\n%s", d)
+	}
+	v6 := addr("2001:db8:53::50")
+	wantProblems := []Problem{
+		{Unit: gwUnit("2001:db8:53::1", 20102, "edge-v6"), Reason: "the gateway is on no connected subnet of this box"},
+		{Unit: Unit{UnitID: UnitID{Kind: UnitAddress, Addr: v6, Family: IPv6}, Services: []string{"edge-v6"}},
+			Reason: "the VIP is on no connected subnet of this box"},
+	}
+	if d := cmp.Diff(wantProblems, p.Problems, netipEqual); d != "" {
+		t.Errorf("problems (-want +got):\n%s", d)
+	}
+	if got, want := p.Problems[0].String(), `gateway 2001:db8:53::1 of virtual service "edge-v6": the gateway is on no connected subnet of this box`; got != want {
+		t.Errorf("problem = %s\nwant      %s", got, want)
+	}
+	var units []string
+	for _, u := range p.Units {
+		units = append(units, u.String())
+	}
+	if d := cmp.Diff([]string{"gateway 10.11.0.1", "gateway 201.44.53.1", "gateway 2001:db8:53::1",
+		"VIP address 10.11.0.50", "VIP address 201.44.53.50", "VIP address 2001:db8:53::50"}, units); d != "" {
+		t.Errorf("units (-want +got):\n%s", d)
+	}
+
+	// What a Manager keeps of the IPv6 unit that is installed but not planned: the routes via
+	// its gateway and its connected route, not another gateway's route left by a renumbering,
+	// and the VIP's address.
+	for _, c := range []struct {
+		r    Route
+		keep bool
+	}{
+		{Route{Table: 20102, Dst: pfx("::/0"), Gw: addr("2001:db8:53::1"), Link: 4, Metric: RouteMetric}, true},
+		{Route{Table: 20102, Dst: pfx("2001:db8:53::/64"), Link: 4, Metric: RouteMetric}, true},
+		{Route{Table: 20102, Dst: pfx("::/0"), Gw: addr("2001:db8:77::1"), Link: 4, Metric: RouteMetric}, false},
+		{Route{Table: 20101, Dst: pfx("0.0.0.0/0"), Gw: addr("201.44.53.254"), Link: 4, Metric: RouteMetric}, false},
+	} {
+		if got := p.keepsRoute(c.r); got != c.keep {
+			t.Errorf("keepsRoute(%s) = %v, want %v", c.r.Line(), got, c.keep)
+		}
+	}
+	if !p.keepsAddr(Addr{Link: 4, Prefix: pfx("2001:db8:53::50/128")}) || p.keepsAddr(Addr{Link: 2, Prefix: pfx("10.11.0.99/32")}) {
+		t.Error("keepsAddr keeps the wrong VIP addresses")
+	}
+	kept := Route{Table: 20102, Dst: pfx("::/0"), Gw: addr("2001:db8:53::1"), Link: 4, Metric: RouteMetric}
+	if d := DiffLines(p, p.Rules, append(slices.Clone(p.Routes), kept)); len(d) != 0 {
+		t.Errorf("DiffLines lists a route the Manager keeps: %q", d)
+	}
+
+	// The address back: the whole plan, no problem.
+	p, err = BuildPlan(cfg, lyncLinks())
+	if err != nil || len(p.Problems) != 0 {
+		t.Errorf("with the address back: %v, problems %v", err, p.Problems)
+	}
 }
 
 func TestBuildPlanErrors(t *testing.T) {
@@ -206,16 +309,11 @@ func TestBuildPlanErrors(t *testing.T) {
 		cfg  *config.Config
 		want []string // substrings of the error
 	}{
-		{"gateway on no subnet", &config.Config{VirtualServices: []config.VirtualService{vs("fe", "10.11.0.50", "10.99.0.1")}},
-			[]string{"gateway 10.99.0.1", `"fe"`, "no connected subnet"}},
 		{"one VIP two gateways", &config.Config{VirtualServices: []config.VirtualService{
 			vs("a", "10.11.0.50", "10.11.0.1"), vs("b", "10.11.0.50", "10.11.0.2")}},
 			[]string{"VIP 10.11.0.50", `"a"`, `"b"`, "10.11.0.2"}},
 		{"family mismatch", &config.Config{VirtualServices: []config.VirtualService{vs("x", "10.11.0.50", "2001:db8:53::1")}},
 			[]string{`"x"`, "different address families"}},
-		{"managed VIP on no subnet", &config.Config{Global: config.Global{ManageAddresses: true},
-			VirtualServices: []config.VirtualService{vs("y", "198.51.100.7", "")}},
-			[]string{"VIP 198.51.100.7", `"y"`}},
 		{"nil config", nil, []string{"no configuration"}},
 	}
 	for _, tt := range tests {
@@ -331,32 +429,74 @@ func TestBuildPlanTransparency(t *testing.T) {
 	}
 }
 
+// Faults that depend on the box's links are problems of a unit, not errors of the whole plan.
+func TestBuildPlanProblems(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  *config.Config
+		want string // the one problem
+	}{
+		{"gateway on no subnet", &config.Config{VirtualServices: []config.VirtualService{vs("fe", "10.11.0.50", "10.99.0.1")}},
+			`gateway 10.99.0.1 of virtual service "fe": the gateway is on no connected subnet of this box`},
+		{"managed VIP on no subnet", &config.Config{Global: config.Global{ManageAddresses: true},
+			VirtualServices: []config.VirtualService{vs("y", "198.51.100.7", ""), vs("y2", "198.51.100.7", "")}},
+			`VIP address 198.51.100.7 of virtual services "y", "y2": the VIP is on no connected subnet of this box`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := BuildPlan(tt.cfg, lyncLinks())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Problems) != 1 || p.Problems[0].String() != tt.want {
+				t.Errorf("problems = %v\nwant      [%s]", p.Problems, tt.want)
+			}
+		})
+	}
+}
+
 func TestBuildPlanTransparencyErrors(t *testing.T) {
 	withAllow := transparentVS("allow", "192.168.100.50", "", "10.11.0.21")
 	withAllow.Access.Allow = []netip.Prefix{pfx("10.0.0.0/8")}
 	withSorry := transparentVS("sorry", "192.168.100.50", "", "10.11.0.21")
 	withSorry.SorryServer = netip.MustParseAddrPort("198.51.100.9:80")
 	tests := []struct {
-		name string
-		vs   config.VirtualService
-		want string
+		name    string
+		vs      config.VirtualService
+		want    string
+		problem bool // a problem of the unit (it depends on the box's subnets), not an error
 	}{
 		{"server on no connected subnet", transparentVS("far", "192.168.100.50", "", "10.12.0.21"),
-			`virtual service "far" is transparent, but its real server 10.12.0.21 is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`},
+			`virtual service "far" is transparent, but its real server 10.12.0.21 is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`, true},
 		{"server on the VIP's subnet", transparentVS("same", "10.11.0.50", "", "10.11.0.21"),
-			`virtual service "same" is transparent, but its real server 10.11.0.21 is on the VIP's subnet 10.11.0.0/24: clients there would get its replies directly, not through the box`},
+			`virtual service "same" is transparent, but its real server 10.11.0.21 is on the VIP's subnet 10.11.0.0/24: clients there would get its replies directly, not through the box`, true},
 		{"server where clients are allowed", withAllow,
-			`virtual service "allow" is transparent, but its real server 10.11.0.21 is on 10.11.0.0/24, where the service allows clients (10.0.0.0/8): it would answer them directly, not through the box`},
+			`virtual service "allow" is transparent, but its real server 10.11.0.21 is on 10.11.0.0/24, where the service allows clients (10.0.0.0/8): it would answer them directly, not through the box`, true},
 		{"server of the other family", transparentVS("fam", "192.168.100.50", "", "2001:db8:53::21"),
-			`virtual service "fam" is transparent, but its real server 2001:db8:53::21 is not of the VIP's address family: connections to it leave from the client's address`},
+			`virtual service "fam" is transparent, but its real server 2001:db8:53::21 is not of the VIP's address family: connections to it leave from the client's address`, false},
 		{"sorry server far away", withSorry,
-			`virtual service "sorry" is transparent, but its sorry server 198.51.100.9 is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`},
+			`virtual service "sorry" is transparent, but its sorry server 198.51.100.9 is on no subnet this box is directly connected to: it could not route its replies to clients back through the box`, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := BuildPlan(&config.Config{VirtualServices: []config.VirtualService{tt.vs}}, lyncLinks())
-			if err == nil || err.Error() != tt.want {
-				t.Errorf("error = %v\nwant    %s", err, tt.want)
+			p, err := BuildPlan(&config.Config{VirtualServices: []config.VirtualService{tt.vs}}, lyncLinks())
+			if !tt.problem {
+				if err == nil || err.Error() != tt.want {
+					t.Errorf("error = %v\nwant    %s", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []Problem{{Unit: Unit{UnitID: UnitID{Kind: UnitTransparency, Family: IPv4}, Table: TransparentTable, Services: []string{tt.vs.Name}},
+				Reason: tt.want}}
+			if d := cmp.Diff(want, p.Problems, netipEqual); d != "" {
+				t.Errorf("problems (-want +got):\n%s", d)
+			}
+			// The mark rule and the local route need no link: they stay planned.
+			if len(p.Rules) != 1 || p.Rules[0].Table != TransparentTable || p.Transparency == nil {
+				t.Errorf("plan of a transparent service with a problem: rules %v, transparency %+v", p.Rules, p.Transparency)
 			}
 		})
 	}

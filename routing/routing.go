@@ -8,6 +8,15 @@
 // hold. A Manager then makes the kernel match a plan over netlink, idempotently, adding before it
 // deletes, and keeps it matching (Run) when links flap and the kernel silently empties a table.
 //
+// A plan is made of units (Unit): each gateway's table with the rules of its VIPs, each VIP
+// address pairlb adds, and transparency per address family. What one unit's links cannot carry
+// (a gateway whose link is down or has lost its address) is a Problem of that unit alone: the
+// others are installed and repaired as usual, and the Manager retries the failing ones when
+// links or addresses change. A unit with a problem keeps what needs no link (its rules and
+// the `unreachable default`, so a VIP's replies never leak through the main table) and what the
+// kernel still holds of it (see Plan.keepsRoute). Only what no state of the links can change
+// (a VIP and its gateway of different families, say) fails the plan as a whole.
+//
 // Everything pairlb creates lives in one owned range, declared below and nowhere else: routing
 // tables TransparentTable and TableFirst..TableLast, rule priorities TransparentPriority and
 // PriorityFirst..PriorityLast (a rule's priority equals its table id), and every route and rule
@@ -40,9 +49,10 @@
 // use one byte of the packet mark (Mark/MarkMask), leaving the others to whoever uses them. The
 // state exists only while some service is transparent.
 //
-// BuildPlan refuses transparency where it cannot work: a real server must be on a subnet the
-// box is directly connected to (it must be able to use the box as its gateway), of the VIP's
-// address family, and not where clients reach it directly (see BuildPlan).
+// Transparency works only for real servers of the VIP's address family (BuildPlan refuses the
+// others), on a subnet the box is directly connected to (they must be able to use the box as
+// their gateway) and not where clients reach them directly; the last two depend on the box's
+// addresses, so they are problems of the transparency unit (see planTransparency).
 //
 // IPv6 VIPs pairlb adds are deprecated (preferred_lft 0): IPv6 source selection would otherwise
 // pick a /128 VIP that shares more leading bits with a real server than the box's own /64

@@ -35,6 +35,7 @@ import (
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/health"
 	"github.com/pairlb/pairlb/lb"
+	"github.com/pairlb/pairlb/routing"
 )
 
 //go:embed ui
@@ -297,6 +298,44 @@ type statusResponse struct {
 	ConfigHash      string        `json:"config_hash"`
 	Ready           bool          `json:"ready"`
 	VirtualServices []serviceView `json:"virtual_services"`
+	// Routing is nil when pairlb changes no kernel state (no CAP_NET_ADMIN, nothing to route).
+	Routing *routingView `json:"routing,omitempty"`
+}
+
+// routingView is the routing plan's state: how many units it has, and those not installed.
+type routingView struct {
+	Units    int              `json:"units"`
+	Problems []routingProblem `json:"problems"`
+}
+
+type routingProblem struct {
+	Kind     string    `json:"kind"` // gateway, address, transparency, cleanup
+	Unit     string    `json:"unit"` // "gateway 198.18.1.1", "VIP address 198.18.1.100", "ipv6 transparency"
+	Gateway  string    `json:"gateway,omitempty"`
+	VIP      string    `json:"vip,omitempty"`
+	Family   string    `json:"family,omitempty"`
+	Services []string  `json:"virtual_services"`
+	Reason   string    `json:"reason"`
+	Since    time.Time `json:"since"`
+}
+
+func newRoutingView(m *routing.Manager) *routingView {
+	v := &routingView{Units: len(m.Units()), Problems: []routingProblem{}}
+	for _, p := range m.Problems() {
+		rp := routingProblem{Kind: string(p.Kind), Unit: p.UnitID.String(), Family: string(p.Family),
+			Services: p.Services, Reason: p.Reason, Since: p.Since}
+		switch p.Kind {
+		case routing.UnitGateway:
+			rp.Gateway = p.Addr.String()
+		case routing.UnitAddress:
+			rp.VIP = p.Addr.String()
+		}
+		if rp.Services == nil {
+			rp.Services = []string{}
+		}
+		v.Problems = append(v.Problems, rp)
+	}
+	return v
 }
 
 type serviceView struct {
@@ -335,6 +374,9 @@ func (d *daemon) status() statusResponse {
 	out := statusResponse{Version: version, Ready: d.admin.ready.Load() && d.admin.checked.Load(), VirtualServices: []serviceView{}}
 	if cfg := d.lb.Config(); cfg != nil {
 		out.ConfigFile, out.ConfigHash = cfg.Path, cfg.Hash
+	}
+	if d.routes != nil {
+		out.Routing = newRoutingView(d.routes)
 	}
 	for _, s := range d.lb.Status() {
 		v := serviceView{ServiceStatus: s, RealServers: []serverView{}}

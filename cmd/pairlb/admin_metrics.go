@@ -10,6 +10,7 @@ import (
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/health"
 	"github.com/pairlb/pairlb/lb"
+	"github.com/pairlb/pairlb/routing"
 )
 
 // daemonMetrics are the metrics the daemon keeps itself: health probes, reloads and the
@@ -123,4 +124,46 @@ func (m *daemonMetrics) reloaded(cfg *config.Config, err error) {
 	}
 	m.reloads.WithLabelValues("success").Inc()
 	m.loaded(cfg)
+}
+
+// routingCollector reads, at scrape time, whether each part of the routing plan is installed:
+// pairlb_routing_unit_ok{kind, address, family} is 1 for a unit installed in full and 0 for one
+// with a problem. The units come from the file (a gateway, a managed VIP, transparency per
+// family), so the labels are bounded.
+type routingCollector struct {
+	m  *routing.Manager
+	ok *prometheus.Desc
+}
+
+func newRoutingCollector(m *routing.Manager) *routingCollector {
+	return &routingCollector{m: m, ok: prometheus.NewDesc("pairlb_routing_unit_ok",
+		"1 when this part of the routing plan is installed, 0 while it is not (see the routing section of /api/v1/status); address is the gateway or the VIP.",
+		[]string{"kind", "address", "family"}, nil)}
+}
+
+func (c *routingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.ok }
+
+func (c *routingCollector) Collect(ch chan<- prometheus.Metric) {
+	failing := map[routing.UnitID]bool{}
+	for _, p := range c.m.Problems() {
+		failing[p.UnitID] = true
+	}
+	emit := func(id routing.UnitID, v float64) {
+		addr := ""
+		if id.Addr.IsValid() {
+			addr = id.Addr.String()
+		}
+		ch <- prometheus.MustNewConstMetric(c.ok, prometheus.GaugeValue, v, string(id.Kind), addr, string(id.Family))
+	}
+	for _, u := range c.m.Units() {
+		v := 1.0
+		if failing[u.UnitID] {
+			v = 0
+		}
+		delete(failing, u.UnitID)
+		emit(u.UnitID, v)
+	}
+	for id := range failing { // removals that failed belong to no unit of the plan
+		emit(id, 0)
+	}
 }

@@ -95,7 +95,14 @@ func cmdRoutes(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if action == "apply" {
-		if err := m.Set(cfg); err != nil {
+		var partial *routing.PartialError
+		if err := m.Set(cfg); errors.As(err, &partial) {
+			fmt.Fprintf(stderr, "pairlb routes apply: applied the routing state of %s except:\n", *path)
+			for _, p := range partial.Problems {
+				fmt.Fprintf(stderr, "  %s\n", p)
+			}
+			return 1
+		} else if err != nil {
 			fmt.Fprintf(stderr, "pairlb routes apply: %v\n", err)
 			return 1
 		}
@@ -117,6 +124,12 @@ func showRoutes(m *routing.Manager, path string, plan routing.Plan, stdout, stde
 			routing.TransparentTable, strings.Join(t.Links, ", "), strings.Join(t.Services, ", "))
 	}
 	writeLines(&b, plan.Lines(), "# nothing: no virtual service needs routing state")
+	if len(plan.Problems) > 0 {
+		b.WriteString("# cannot be installed now (what is above is installed without it):\n")
+		for _, p := range plan.Problems {
+			b.WriteString("#   " + p.String() + "\n")
+		}
+	}
 
 	// Rules and routes can be dumped by anyone; nftables only with CAP_NET_ADMIN.
 	have, err := m.State()

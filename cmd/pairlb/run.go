@@ -128,6 +128,7 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 	})
 	if netAdmin() {
 		d.routes = routing.New(h, log, keepLinks)
+		d.reg.MustRegister(newRoutingCollector(d.routes))
 	} else if needsRouting(cfg) {
 		return nil, errNeedsNetAdmin
 	} else {
@@ -151,9 +152,16 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 // apply hands cfg to every part. Routing comes first so that replies of the first connections
 // already leave through their VIP's gateway; the balancer applies atomically, so a failure there
 // leaves it on the old configuration, and routing is put back to match it.
+//
+// A part of the routing plan the box's links cannot carry now (a gateway whose link is down or
+// has lost its address) does not stop the configuration: the rest is installed, the manager
+// logs it and retries it when links change, and the status and metrics show it. A box that
+// boots with its DMZ link down still serves its internal VIPs. Only what no link state can mend
+// (a VIP and its gateway of different families, say) rejects the file.
 func (d *daemon) apply(cfg *config.Config) error {
 	if d.routes != nil {
-		if err := d.routes.Set(cfg); err != nil {
+		var partial *routing.PartialError
+		if err := d.routes.Set(cfg); err != nil && !errors.As(err, &partial) {
 			d.restoreRoutes()
 			return fmt.Errorf("routing: %w", err)
 		}
@@ -178,7 +186,8 @@ func (d *daemon) restoreRoutes() {
 	if d.routes == nil || d.lb.Config() == nil {
 		return
 	}
-	if err := d.routes.Set(d.lb.Config()); err != nil {
+	var partial *routing.PartialError // logged by the manager, retried and shown
+	if err := d.routes.Set(d.lb.Config()); err != nil && !errors.As(err, &partial) {
 		d.log.Error("restoring routing for the running configuration", "err", err)
 	}
 }

@@ -198,6 +198,16 @@ func printStatus(w io.Writer, st *statusResponse, now time.Time) {
 		hash = hash[:12]
 	}
 	fmt.Fprintf(w, "pairlb %s, %s, config %s (%s)\n", st.Version, ready, st.ConfigFile, hash)
+	if r := st.Routing; r != nil && len(r.Problems) > 0 {
+		fmt.Fprintln(w, "routing: parts of the plan not installed (retried when links or addresses change):")
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "  %s", p.Unit)
+			if len(p.Services) > 0 {
+				fmt.Fprintf(w, " (%s)", strings.Join(p.Services, ", "))
+			}
+			fmt.Fprintf(w, ": %s, for %s\n", p.Reason, now.Sub(p.Since).Round(time.Second))
+		}
+	}
 	for _, vs := range st.VirtualServices {
 		var ports []string
 		for _, p := range vs.Ports {
