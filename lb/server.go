@@ -43,6 +43,8 @@ type realServer struct {
 	total  atomic.Uint64 // connections and UDP sessions ever sent to it
 	seed   uint64        // hash of key, for rendezvous hashing
 
+	lastPick atomic.Uint64 // the service's pick number when leastconn last chose it
+
 	// down is cancelled when health marks the server down, closing the connections of services
 	// with close_on_down; a fresh one replaces it for the connections that follow.
 	downMu sync.Mutex

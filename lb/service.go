@@ -40,6 +40,7 @@ type serviceStats struct {
 	bytesIn     atomic.Uint64 // client to server
 	bytesOut    atomic.Uint64 // server to client
 	dropped     [numDropReasons]atomic.Uint64
+	picks       atomic.Uint64 // leastconn's pick numbers (see leastConn)
 
 	mu    sync.Mutex
 	ports map[config.Port]*portCounter
@@ -61,12 +62,13 @@ type service struct {
 }
 
 func newService(vs config.VirtualService, g *config.Global, old *service) *service {
-	s := &service{cfg: vs, sched: newScheduler(vs.Scheduler), byKey: make(map[string]*realServer, len(vs.RealServers))}
+	s := &service{cfg: vs, byKey: make(map[string]*realServer, len(vs.RealServers))}
 	if old != nil {
 		s.stats = old.stats
 	} else {
 		s.stats = &serviceStats{}
 	}
+	s.sched = newScheduler(vs.Scheduler, &s.stats.picks)
 	for _, rc := range vs.RealServers {
 		key := rc.Key()
 		var r *realServer
