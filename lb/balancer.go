@@ -300,13 +300,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 			b.shutdown(drain)
 			return nil
 		case now := <-tick.C:
-			b.mu.Lock()
-			for _, s := range b.services {
-				if s.persist != nil {
-					s.persist.sweep(now)
-				}
-			}
-			b.mu.Unlock()
+			b.housekeeping(now)
 		}
 	}
 }

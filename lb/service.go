@@ -172,6 +172,24 @@ func (s *service) pick(client netip.Addr, tried []*realServer) *realServer {
 	return r
 }
 
+// housekeeping is the balancer's periodic work on its services: expiring persistence entries.
+// It holds the balancer's lock only to list the services, so that a large table's sweep never
+// delays a reload or a status request.
+func (b *Balancer) housekeeping(now time.Time) {
+	b.mu.Lock()
+	services := make([]*service, 0, len(b.services))
+	for _, s := range b.services {
+		services = append(services, s)
+	}
+	b.mu.Unlock()
+	for _, s := range services {
+		// In chunks, each under the table's lock for a moment only: the work is the entries
+		// that expired, each of which an insertion paid for, never a walk of the live ones.
+		for s.persist != nil && s.persist.sweep(now) == sweepBudget {
+		}
+	}
+}
+
 // portCounter counts the connections accepted on one port of a service.
 type portCounter struct {
 	port     config.Port
