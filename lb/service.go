@@ -158,7 +158,7 @@ func (s *service) pick(client netip.Addr, tried []*realServer) *realServer {
 		}
 	}
 	var r *realServer
-	if s.persist != nil {
+	if s.placeByHash() {
 		// A new client of a persistent service goes where a consistent hash of its address
 		// sends it: both boxes of a pair, with the same configuration and health view, agree on
 		// it without sharing a table, so affinity survives a failover.
@@ -171,6 +171,24 @@ func (s *service) pick(client netip.Addr, tried []*realServer) *realServer {
 	}
 	return r
 }
+
+// placeByHash reports whether a new client is placed by the consistent hash rather than by the
+// scheduler: with persistence, unless the file says place_by: scheduler.
+func (s *service) placeByHash() bool {
+	return s.persist != nil && s.cfg.Persistence.PlaceBy != config.PlaceByScheduler
+}
+
+// placement names what places a new client, for the status and the metrics: the scheduler, or
+// "hash" for a persistent service that places by the consistent hash.
+func (s *service) placement() string {
+	if s.placeByHash() {
+		return placementHash
+	}
+	return string(s.cfg.Scheduler)
+}
+
+// placementHash is the placement of a persistent service with place_by: hash.
+const placementHash = "hash"
 
 // housekeeping is the balancer's periodic work on its services: expiring persistence entries.
 // It holds the balancer's lock only to list the services, so that a large table's sweep never
