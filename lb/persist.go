@@ -37,9 +37,9 @@ type persistTable struct {
 	nameIndex map[string]uint32
 	freeNames []uint32
 
-	evictions atomic.Uint64 // entries forgotten to make room, not by expiry
-	size      atomic.Int64  // len(index), for the metrics without the lock
-	examined  uint64        // entries looked at besides the client's own: the work the bound is about
+	evictions *atomic.Uint64 // entries forgotten to make room, not by expiry: the service's counter
+	size      atomic.Int64   // len(index), for the metrics without the lock
+	examined  uint64         // entries looked at besides the client's own: the work the bound is about
 }
 
 type persistEntry struct {
@@ -53,9 +53,11 @@ type persistEntry struct {
 // long (a few milliseconds at most); the caller calls again while a call used all of it.
 const sweepBudget = 16384
 
-func newPersistTable(ttl time.Duration, max int) *persistTable {
+// newPersistTable returns an empty table; evictions counts its evictions (the service's counter,
+// which outlives a table a reload replaces).
+func newPersistTable(ttl time.Duration, max int, evictions *atomic.Uint64) *persistTable {
 	return &persistTable{
-		ttl: int64(ttl), max: max, epoch: time.Now(),
+		ttl: int64(ttl), max: max, epoch: time.Now(), evictions: evictions,
 		index: map[[16]byte]int32{}, nameIndex: map[string]uint32{},
 		free: -1, head: -1, tail: -1,
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,7 +13,7 @@ import (
 )
 
 func TestPersistTableBounded(t *testing.T) {
-	tbl := newPersistTable(60e9, 100)
+	tbl := newPersistTable(60e9, 100, new(atomic.Uint64))
 	now := time.Unix(1700000000, 0)
 	for _, c := range clients(1000) {
 		tbl.store(c, "s", now)
@@ -33,7 +34,7 @@ func TestPersistTableBounded(t *testing.T) {
 // TestPersistTableEvictsOldest: a new client in a full table takes the place of the entry
 // renewed longest ago, and a renewal makes an entry the youngest.
 func TestPersistTableEvictsOldest(t *testing.T) {
-	tbl := newPersistTable(time.Hour, 64)
+	tbl := newPersistTable(time.Hour, 64, new(atomic.Uint64))
 	now := time.Unix(1700000000, 0)
 	at := func(s int) time.Time { return now.Add(time.Duration(s) * time.Second) }
 	cs := clients(80)
@@ -70,7 +71,7 @@ func TestPersistTableEvictsOldest(t *testing.T) {
 // reorders the list; the sweep stops at the first live entry.
 func TestPersistTableFullInsertIsO1(t *testing.T) {
 	const size = 100_000
-	tbl := newPersistTable(time.Minute, size)
+	tbl := newPersistTable(time.Minute, size, new(atomic.Uint64))
 	now := time.Unix(1700000000, 0)
 	all := make([]netip.Addr, size+1000)
 	for i := range all {
@@ -127,7 +128,7 @@ func TestPersistTableFullInsertIsO1(t *testing.T) {
 }
 
 func TestPersistTableRenewalMovesToYoungEnd(t *testing.T) {
-	tbl := newPersistTable(time.Minute, 10)
+	tbl := newPersistTable(time.Minute, 10, new(atomic.Uint64))
 	now := time.Unix(1700000000, 0)
 	cs := clients(3)
 	for _, c := range cs {
@@ -152,7 +153,7 @@ func TestPersistTableRenewalMovesToYoungEnd(t *testing.T) {
 }
 
 func TestPersistTableNoAllocations(t *testing.T) {
-	tbl := newPersistTable(time.Minute, 1000)
+	tbl := newPersistTable(time.Minute, 1000, new(atomic.Uint64))
 	now := time.Unix(1700000000, 0)
 	cs := clients(2000)
 	for _, c := range cs {
@@ -182,7 +183,7 @@ func BenchmarkPersistTableMemory(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		tbl := newPersistTable(time.Minute, size)
+		tbl := newPersistTable(time.Minute, size, new(atomic.Uint64))
 		for _, c := range cs {
 			tbl.store(c, "198.18.1.1:443", now)
 		}

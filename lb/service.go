@@ -15,18 +15,21 @@ type DropReason int
 
 // Reasons for dropping traffic.
 const (
-	DropAccessDenied  DropReason = iota // client not allowed by the service's access lists
-	DropNoServer                        // no real server available and no sorry server
-	DropDialFailed                      // every available server (and the sorry server) failed to connect
-	DropUDPTableFull                    // a new UDP client while the session table is at its bound
-	DropUDPSendFailed                   // the kernel refused to send a datagram
-	DropUDPTooLarge                     // a datagram larger than maxDatagram
-	DropServiceClosed                   // traffic for a service a reload removed
+	DropAccessDenied       DropReason = iota // client not allowed by the service's access lists
+	DropNoServer                             // no real server available and no sorry server
+	DropDialFailed                           // every available server (and the sorry server) failed to connect
+	DropUDPTableFull                         // a new UDP client while the session table is at its bound
+	DropUDPSendFailed                        // the kernel refused to send a datagram
+	DropUDPTooLarge                          // a datagram larger than maxDatagram
+	DropServiceClosed                        // traffic for a service a reload removed
+	DropUDPReceiveOverflow                   // datagrams the kernel dropped on a full receive queue, before pairlb read them
+	DropLocalError                           // the box could not carry it (an epoll set refused the socket: memory)
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
 	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "udp_too_large", "service_closed",
+	"udp_receive_overflow", "local_error",
 }
 
 func (r DropReason) String() string { return dropReasonNames[r] }
@@ -37,10 +40,14 @@ type serviceStats struct {
 	accepted    atomic.Uint64 // connections accepted and UDP sessions created
 	active      atomic.Int64
 	udpSessions atomic.Int64
-	bytesIn     atomic.Uint64 // client to server
-	bytesOut    atomic.Uint64 // server to client
-	dropped     [numDropReasons]atomic.Uint64
-	picks       atomic.Uint64 // leastconn's pick numbers (see leastConn)
+	udpMoves    atomic.Uint64 // UDP sessions moved off a server gone down or disabled, or off the sorry server
+
+	persistEvictions atomic.Uint64 // persistence entries evicted for room, by every table the service had
+	bytesIn          atomic.Uint64 // client to server
+	bytesOut         atomic.Uint64 // server to client
+	dropped          [numDropReasons]atomic.Uint64
+	picks            atomic.Uint64 // leastconn's pick numbers (see leastConn)
+	logs             logLimiter    // the service's per-connection and per-datagram log lines
 
 	mu    sync.Mutex
 	ports map[config.Port]*portCounter
@@ -77,16 +84,16 @@ func newService(vs config.VirtualService, g *config.Global, old *service) *servi
 		}
 		if r == nil {
 			r = &realServer{key: key, addr: rc.Address, port: rc.Port, seed: hashString(key)}
-			r.up.Store(vs.Health.Type == config.HealthNone || vs.Health.InitialUp)
+			r.setUp(vs.Health.Type == config.HealthNone || vs.Health.InitialUp)
 		}
 		// The file's enabled: false wins; otherwise a run-time state set through the API stays.
 		if !rc.Enabled {
-			r.state.Store(int32(Disabled))
+			r.setState(Disabled)
 		} else if old == nil || old.byKey[key] == nil || old.fileDisabled(key) {
-			r.state.Store(int32(Enabled))
+			r.setState(Enabled)
 		}
 		if vs.Health.Type == config.HealthNone {
-			r.up.Store(true)
+			r.setUp(true)
 		}
 		r.weight.Store(int32(rc.Weight))
 		s.servers = append(s.servers, r)
@@ -96,7 +103,7 @@ func newService(vs config.VirtualService, g *config.Global, old *service) *servi
 		if old != nil && old.persist != nil && old.cfg.Persistence == vs.Persistence {
 			s.persist = old.persist
 		} else {
-			s.persist = newPersistTable(vs.Persistence.Timeout, vs.Persistence.MaxEntries)
+			s.persist = newPersistTable(vs.Persistence.Timeout, vs.Persistence.MaxEntries, &s.stats.persistEvictions)
 		}
 	}
 	return s
@@ -190,7 +197,8 @@ func (s *service) placement() string {
 // placementHash is the placement of a persistent service with place_by: hash.
 const placementHash = "hash"
 
-// housekeeping is the balancer's periodic work on its services: expiring persistence entries.
+// housekeeping is the balancer's periodic work on its services: expiring persistence entries,
+// and the counts of log lines held back by a burst that has ended.
 // It holds the balancer's lock only to list the services, so that a large table's sweep never
 // delays a reload or a status request.
 func (b *Balancer) housekeeping(now time.Time) {
@@ -201,6 +209,7 @@ func (b *Balancer) housekeeping(now time.Time) {
 	}
 	b.mu.Unlock()
 	for _, s := range services {
+		s.stats.logs.flush(b.log, now.UnixNano(), "virtual_service", s.cfg.Name)
 		// In chunks, each under the table's lock for a moment only: the work is the entries
 		// that expired, each of which an insertion paid for, never a walk of the live ones.
 		for s.persist != nil && s.persist.sweep(now) == sweepBudget {
