@@ -522,7 +522,7 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 	reject := func(reason DropReason) *udpSession {
 		unix.Close(fd)
 		if r != nil {
-			r.active.Add(-1)
+			r.release(l.b.log, svc.cfg.Name)
 		}
 		st.drop(reason)
 		return nil

@@ -1,12 +1,16 @@
 package lb
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/pairlb/pairlb/config"
 )
@@ -314,5 +318,23 @@ func TestUDPSweepWalksOnlyExpiredSessions(t *testing.T) {
 	}
 	if visited != 50 {
 		t.Errorf("the sweep went through %d sessions to expire 50, want 50 (it stops at the first live one)", visited)
+	}
+}
+
+// TestDialEvidence: which dial failures say something about the server, and which only about
+// this box.
+func TestDialEvidence(t *testing.T) {
+	for err, want := range map[error]string{
+		fmt.Errorf("connect 198.18.1.1:443: %w", unix.ECONNREFUSED):      evidenceDialRefused,
+		fmt.Errorf("connect 198.18.1.1:443: %w", os.ErrDeadlineExceeded): evidenceDialTimeout,
+		fmt.Errorf("connect 198.18.1.1:443: %w", unix.ETIMEDOUT):         evidenceDialTimeout,
+		fmt.Errorf("connect 198.18.1.1:443: %w", unix.EHOSTUNREACH):      evidenceDialNoHost,
+		fmt.Errorf("socket: %w", unix.EMFILE):                            "",
+		fmt.Errorf("bind 198.51.100.77:0: %w", unix.EADDRNOTAVAIL):       "",
+		fmt.Errorf("setsockopt IP_TRANSPARENT: %w", unix.EPERM):          "",
+	} {
+		if got := dialEvidence(err); got != want {
+			t.Errorf("dialEvidence(%v) = %q, want %q", err, got, want)
+		}
 	}
 }
