@@ -254,15 +254,22 @@ pairlb_persistence_evictions_total{virtual_service="web"} 1
 	if st[1].Scheduler != "roundrobin" || st[1].Placement != "roundrobin" || st[1].Persistence != nil {
 		t.Errorf("plain service: scheduler %q, placement %q, persistence %+v", st[1].Scheduler, st[1].Placement, st[1].Persistence)
 	}
-	// place_by scheduler: the scheduler places, the table keeps, and the evictions carry on over
-	// the reload that replaces the table.
+	// place_by scheduler: the scheduler places, and the table, still good, is kept.
 	web.Persistence.PlaceBy = config.PlaceByScheduler
 	if err := bal.Apply(testConfig(web, plain)); err != nil {
 		t.Fatal(err)
 	}
 	st = bal.Status()
-	if st[0].Placement != "leastconn" || st[0].Persistence.PlaceBy != "scheduler" || st[0].Persistence.Evictions != 1 || st[0].Persistence.Entries != 0 {
-		t.Errorf("after place_by scheduler: placement %q, persistence %+v; want leastconn, place_by scheduler, 1 eviction kept, a new table", st[0].Placement, st[0].Persistence)
+	if st[0].Placement != "leastconn" || st[0].Persistence.PlaceBy != "scheduler" || st[0].Persistence.Evictions != 1 || st[0].Persistence.Entries != 2 {
+		t.Errorf("after place_by scheduler: placement %q, persistence %+v; want leastconn, place_by scheduler, the table kept", st[0].Placement, st[0].Persistence)
+	}
+	// A new bound makes a new table; the evictions counted carry on.
+	web.Persistence.MaxEntries = 10
+	if err := bal.Apply(testConfig(web, plain)); err != nil {
+		t.Fatal(err)
+	}
+	if p := bal.Status()[0].Persistence; p.Evictions != 1 || p.Entries != 0 || p.MaxEntries != 10 {
+		t.Errorf("after max_entries 10: %+v; want a new empty table of 10 and 1 eviction kept", p)
 	}
 	mfs, err := reg.Gather()
 	if err != nil {

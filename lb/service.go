@@ -100,13 +100,24 @@ func newService(vs config.VirtualService, g *config.Global, old *service) *servi
 		s.byKey[key] = r
 	}
 	if vs.Persistence.Enabled() {
-		if old != nil && old.persist != nil && old.cfg.Persistence == vs.Persistence {
+		// place_by says only how clients without an entry are placed: the entries stay good.
+		was, now := old.persistence(), vs.Persistence
+		was.PlaceBy, now.PlaceBy = "", ""
+		if old != nil && old.persist != nil && was == now {
 			s.persist = old.persist
 		} else {
 			s.persist = newPersistTable(vs.Persistence.Timeout, vs.Persistence.MaxEntries, &s.stats.persistEvictions)
 		}
 	}
 	return s
+}
+
+// persistence is the persistence settings of s; none for a nil s.
+func (s *service) persistence() config.Persistence {
+	if s == nil {
+		return config.Persistence{}
+	}
+	return s.cfg.Persistence
 }
 
 // fileDisabled reports whether the file disabled the server in this (older) service, so that
