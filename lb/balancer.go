@@ -54,6 +54,9 @@ type Balancer struct {
 	loopErr      error // why the loops could not be made; Apply reports it
 	loopWG       sync.WaitGroup
 	udpListeners int // UDP listeners ever opened, to spread them over the loops; under mu
+
+	evidence     atomic.Pointer[func(service, server, reason string)] // SetEvidenceFunc
+	rcvbufLogged atomic.Bool                                          // udp.go: the receive buffer granted
 }
 
 // listenerKind separates listeners that may share an address but not a socket type.
@@ -300,13 +303,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 			b.shutdown(drain)
 			return nil
 		case now := <-tick.C:
-			b.mu.Lock()
-			for _, s := range b.services {
-				if s.persist != nil {
-					s.persist.sweep(now)
-				}
-			}
-			b.mu.Unlock()
+			b.housekeeping(now)
 		}
 	}
 }
@@ -418,7 +415,7 @@ func (b *Balancer) SetServerState(vs, server string, st State) error {
 	if err != nil {
 		return err
 	}
-	old := State(r.state.Swap(int32(st)))
+	old := r.setState(st)
 	b.log.Info("real server state", "virtual_service", vs, "real_server", server, "state", st.String(), "was", old.String(), "active", r.active.Load())
 	if st == Draining && r.active.Load() == 0 {
 		b.log.Info("real server drained", "virtual_service", vs, "real_server", server)

@@ -1,8 +1,11 @@
 package lb
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"time"
 
 	"github.com/pairlb/pairlb/config"
 	"golang.org/x/sys/unix"
@@ -18,6 +21,7 @@ type dialPlan struct {
 	tried  []*realServer
 	cur    *realServer // the server of the attempt under way; nil for the sorry server
 	sorry  bool        // the sorry server has been tried
+	quiet  bool        // finding no destination is not a drop (a UDP session that stays put)
 }
 
 // next returns the next destination and the local address to leave from, with the real
@@ -38,6 +42,9 @@ func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
 		to = svc.cfg.SorryAddrPort(p.bnd.port)
 		return p.b.sourceFor(svc, p.client, to.Addr()), to, true
 	}
+	if p.quiet {
+		return netip.AddrPort{}, netip.AddrPort{}, false
+	}
 	if len(p.tried) > 0 || svc.cfg.HasSorryServer() {
 		svc.stats.drop(DropDialFailed)
 	} else {
@@ -46,16 +53,40 @@ func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
 	return netip.AddrPort{}, netip.AddrPort{}, false
 }
 
-// failed records that the attempt to "to" failed.
+// failed records that the attempt to "to" failed. A refusal, a timeout or host unreachable is
+// also evidence against the real server for health (SetEvidenceFunc).
 func (p *dialPlan) failed(to netip.AddrPort, err error) {
-	name := p.bnd.svc.cfg.Name
+	svc := p.bnd.svc
+	name, st := svc.cfg.Name, svc.stats
+	now := time.Now().UnixNano()
 	if r := p.cur; r != nil {
 		r.active.Add(-1)
 		p.tried = append(p.tried, r)
-		p.b.log.Warn("dial failed", "virtual_service", name, "real_server", r.key, "err", err)
+		if reason := dialEvidence(err); reason != "" {
+			p.b.suspect(name, r, reason, now)
+		}
+		if n, ok := st.logs.allow(logDialFailed, now); ok {
+			st.logs.write(p.b.log, logDialFailed, n, "virtual_service", name, "real_server", r.key, "err", err)
+		}
 		return
 	}
-	p.b.log.Warn("dial to sorry server failed", "virtual_service", name, "sorry_server", to.String(), "err", err)
+	if n, ok := st.logs.allow(logSorryDialFailed, now); ok {
+		st.logs.write(p.b.log, logSorryDialFailed, n, "virtual_service", name, "sorry_server", to.String(), "err", err)
+	}
+}
+
+// dialEvidence is the evidence a failed dial gives against its server, or "" for a failure of
+// the box's own (descriptors, a source address it does not hold).
+func dialEvidence(err error) string {
+	switch {
+	case errors.Is(err, unix.ECONNREFUSED):
+		return evidenceDialRefused
+	case errors.Is(err, unix.ETIMEDOUT), errors.Is(err, os.ErrDeadlineExceeded):
+		return evidenceDialTimeout
+	case errors.Is(err, unix.EHOSTUNREACH):
+		return evidenceDialNoHost
+	}
+	return ""
 }
 
 // succeeded records that the attempt under way connected and returns its real server (nil for
@@ -69,20 +100,27 @@ func (p *dialPlan) succeeded() *realServer {
 
 // connectUDP opens the connected socket of a new UDP client, following the dial plan. It
 // returns the real server with its active count taken (nil for the sorry server), or ok false
-// when no socket could be connected, counted as no_server or dial_failed.
-func connectUDP(b *Balancer, bnd *binding, client netip.AddrPort) (fd int, server *realServer, ok bool) {
-	p := dialPlan{b: b, bnd: bnd, client: client}
+// when no socket could be connected, counted as no_server or dial_failed unless quiet. The
+// caller counts the session in the server's total once it keeps it.
+func connectUDP(b *Balancer, bnd *binding, client netip.AddrPort, quiet bool) (fd int, server *realServer, ok bool) {
+	p := dialPlan{b: b, bnd: bnd, client: client, quiet: quiet}
 	for {
 		local, to, ok := p.next()
 		if !ok {
 			return -1, nil, false
 		}
-		fd, err := dialSocket(unix.SOCK_DGRAM, local, to, bnd.svc.cfg.Transparent, nil)
+		fd, err := dialSocket(unix.SOCK_DGRAM, local, to, bnd.svc.cfg.Transparent, prepareUDP)
 		if err == nil {
-			return fd, p.succeeded(), true
+			return fd, p.cur, true
 		}
 		p.failed(to, err)
 	}
+}
+
+// prepareUDP sets the options of a session's socket: the kernel tells, with each datagram, how
+// many it dropped for a full receive queue (SO_RXQ_OVFL), which the session counts.
+func prepareUDP(fd int) unix.Errno {
+	return sysSetsockopt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
 }
 
 // dialSocket opens a non-blocking socket of type sotype and connects it to "to" (for a stream

@@ -22,6 +22,10 @@ type collector struct {
 	bytes             *prometheus.Desc
 	dropped           *prometheus.Desc
 	udpSessions       *prometheus.Desc
+	udpMoves          *prometheus.Desc
+	persistEntries    *prometheus.Desc
+	persistMax        *prometheus.Desc
+	persistEvictions  *prometheus.Desc
 }
 
 // NewCollector returns a collector of b's per-service and per-real-server metrics, to register
@@ -59,12 +63,21 @@ func NewCollector(b *Balancer) prometheus.Collector {
 			[]string{"virtual_service", "reason"}, nil),
 		udpSessions: prometheus.NewDesc("pairlb_udp_sessions",
 			"UDP sessions in the session table of a virtual service.", vs, nil),
+		udpMoves: prometheus.NewDesc("pairlb_udp_session_moves_total",
+			"UDP sessions moved to another destination: off a real server gone down or disabled, or off the sorry server once a real server is back.", vs, nil),
+		persistEntries: prometheus.NewDesc("pairlb_persistence_entries",
+			"Clients in the source-IP persistence table of a virtual service.", vs, nil),
+		persistMax: prometheus.NewDesc("pairlb_persistence_max_entries",
+			"Bound of the source-IP persistence table of a virtual service (persistence.max_entries).", vs, nil),
+		persistEvictions: prometheus.NewDesc("pairlb_persistence_evictions_total",
+			"Persistence entries forgotten to make room for a new client while the table was full (not expiries).", vs, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.connections, c.active, c.serverConnections, c.serverActive,
-		c.serverUp, c.serverState, c.serverWeight, c.bytes, c.dropped, c.udpSessions} {
+		c.serverUp, c.serverState, c.serverWeight, c.bytes, c.dropped, c.udpSessions, c.udpMoves,
+		c.persistEntries, c.persistMax, c.persistEvictions} {
 		ch <- d
 	}
 }
@@ -84,6 +97,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.active, float64(s.Active), s.Name)
 		gauge(c.udpSessions, float64(s.UDPSessions), s.Name)
+		counter(c.udpMoves, s.UDPMoves, s.Name)
+		if p := s.Persistence; p != nil {
+			gauge(c.persistEntries, float64(p.Entries), s.Name)
+			gauge(c.persistMax, float64(p.MaxEntries), s.Name)
+			counter(c.persistEvictions, p.Evictions, s.Name)
+		}
 		counter(c.bytes, s.BytesIn, s.Name, "client_to_server")
 		counter(c.bytes, s.BytesOut, s.Name, "server_to_client")
 		for _, d := range s.Dropped {

@@ -3,9 +3,12 @@ package lb
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pairlb/pairlb/config"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -215,5 +218,68 @@ func TestCollectorLint(t *testing.T) {
 func TestCollectorBeforeApply(t *testing.T) {
 	if n := testutil.CollectAndCount(NewCollector(New(nil))); n != 0 {
 		t.Errorf("a balancer without configuration exports %d series", n)
+	}
+}
+
+// TestCollectorPersistenceTable: the table's fill, bound and evictions are exported per service
+// with persistence, and the status says what places a new client.
+func TestCollectorPersistenceTable(t *testing.T) {
+	a, b2 := startBackend(t, "a"), startBackend(t, "b")
+	web := testService(t, "web", a.addr(), b2.addr())
+	web.Scheduler = config.LeastConn
+	web.Persistence = config.Persistence{Type: "source-ip", Timeout: time.Minute, MaxEntries: 2}
+	plain := testService(t, "plain", a.addr())
+	bal, _ := startBalancer(t, testConfig(web, plain))
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(bal))
+	for i := range 3 {
+		dialFrom(t, netip.AddrFrom4([4]byte{127, 0, 4, byte(10 + i)}), vipAddr(web, 0))
+	}
+	waitGathered(t, reg, `
+# HELP pairlb_persistence_entries Clients in the source-IP persistence table of a virtual service.
+# TYPE pairlb_persistence_entries gauge
+pairlb_persistence_entries{virtual_service="web"} 2
+# HELP pairlb_persistence_max_entries Bound of the source-IP persistence table of a virtual service (persistence.max_entries).
+# TYPE pairlb_persistence_max_entries gauge
+pairlb_persistence_max_entries{virtual_service="web"} 2
+# HELP pairlb_persistence_evictions_total Persistence entries forgotten to make room for a new client while the table was full (not expiries).
+# TYPE pairlb_persistence_evictions_total counter
+pairlb_persistence_evictions_total{virtual_service="web"} 1
+`, "pairlb_persistence_entries", "pairlb_persistence_max_entries", "pairlb_persistence_evictions_total")
+
+	st := bal.Status()
+	if st[0].Scheduler != "leastconn" || st[0].Placement != "hash" || st[0].Persistence == nil || st[0].Persistence.PlaceBy != "hash" {
+		t.Errorf("persistent service: scheduler %q, placement %q, persistence %+v; want leastconn, hash, place_by hash", st[0].Scheduler, st[0].Placement, st[0].Persistence)
+	}
+	if st[1].Scheduler != "roundrobin" || st[1].Placement != "roundrobin" || st[1].Persistence != nil {
+		t.Errorf("plain service: scheduler %q, placement %q, persistence %+v", st[1].Scheduler, st[1].Placement, st[1].Persistence)
+	}
+	// place_by scheduler: the scheduler places, and the table, still good, is kept.
+	web.Persistence.PlaceBy = config.PlaceByScheduler
+	if err := bal.Apply(testConfig(web, plain)); err != nil {
+		t.Fatal(err)
+	}
+	st = bal.Status()
+	if st[0].Placement != "leastconn" || st[0].Persistence.PlaceBy != "scheduler" || st[0].Persistence.Evictions != 1 || st[0].Persistence.Entries != 2 {
+		t.Errorf("after place_by scheduler: placement %q, persistence %+v; want leastconn, place_by scheduler, the table kept", st[0].Placement, st[0].Persistence)
+	}
+	// A new bound makes a new table; the evictions counted carry on.
+	web.Persistence.MaxEntries = 10
+	if err := bal.Apply(testConfig(web, plain)); err != nil {
+		t.Fatal(err)
+	}
+	if p := bal.Status()[0].Persistence; p.Evictions != 1 || p.Entries != 0 || p.MaxEntries != 10 {
+		t.Errorf("after max_entries 10: %+v; want a new empty table of 10 and 1 eviction kept", p)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }

@@ -18,6 +18,10 @@ type msgBatch struct {
 	bufs  [][]byte
 	lens  []int // payload length of each datagram after recv, or to send
 
+	// Receiving: room for each datagram's control message, the socket's drop count
+	// (SO_RXQ_OVFL); nil in a batch that only sends.
+	oob []ovflControl
+
 	// Sending: the messages of one sendmmsg call (see pack), how many datagrams each carries,
 	// their control messages, and the one destination of them all.
 	msgs []unix.Mmsghdr
@@ -26,8 +30,41 @@ type msgBatch struct {
 	dest unix.RawSockaddrInet6
 }
 
-// newMsgBatch makes a batch of n slots with buffers of size bytes each; with size 0 the slots
-// have no buffers of their own and carry other batches' payloads (see carry).
+// ovflControl is room for the control message SO_RXQ_OVFL adds to a datagram: a cmsghdr and
+// the socket's 32-bit count of datagrams dropped so far, 8-byte aligned (CmsgSpace(4)).
+type ovflControl [3]uint64
+
+// rxqDrops reads the drop count from slot i's control message, if it has one. The kernel adds
+// it only once the socket has dropped something.
+func (b *msgBatch) rxqDrops(i int) (uint32, bool) {
+	h := &b.hdrs[i].Hdr
+	if b.oob == nil || h.Flags&unix.MSG_CTRUNC != 0 || h.Controllen < uint64(unix.CmsgLen(4)) {
+		return 0, false
+	}
+	c := (*unix.Cmsghdr)(unsafe.Pointer(&b.oob[i]))
+	if c.Level != unix.SOL_SOCKET || c.Type != unix.SO_RXQ_OVFL || c.Len < uint64(unix.CmsgLen(4)) {
+		return 0, false
+	}
+	return *(*uint32)(unsafe.Add(unsafe.Pointer(c), unix.CmsgLen(0))), true
+}
+
+// overflow returns how many datagrams the socket dropped, according to the first n datagrams
+// just received, since the count last (the socket's running count, which it updates). The
+// count a datagram carries is the one when it was queued, so drops after the last datagram
+// read are learnt with the next one.
+func (b *msgBatch) overflow(n int, last *uint32) uint32 {
+	for i := n - 1; i >= 0; i-- {
+		if c, ok := b.rxqDrops(i); ok {
+			d := c - *last // a running 32-bit count: the difference survives its wrap
+			*last = c
+			return d
+		}
+	}
+	return 0
+}
+
+// newMsgBatch makes a batch of n slots with buffers of size bytes each, to receive into; with
+// size 0 the slots have no buffers of their own and carry other batches' payloads (see carry).
 func newMsgBatch(n, size int) *msgBatch {
 	b := &msgBatch{
 		hdrs:  make([]unix.Mmsghdr, n),
@@ -38,6 +75,9 @@ func newMsgBatch(n, size int) *msgBatch {
 		msgs:  make([]unix.Mmsghdr, n),
 		segs:  make([]int, n),
 		ctrl:  make([]gsoControl, n),
+	}
+	if size > 0 {
+		b.oob = make([]ovflControl, n)
 	}
 	for i := range n {
 		if size > 0 {
@@ -84,6 +124,10 @@ func (b *msgBatch) reset() {
 		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 		h.Namelen = unix.SizeofSockaddrInet6
 		h.Flags = 0
+		if b.oob != nil {
+			h.Control = (*byte)(unsafe.Pointer(&b.oob[i]))
+			h.SetControllen(int(unsafe.Sizeof(b.oob[i])))
+		}
 		b.iovs[i].SetLen(len(b.bufs[i]))
 		b.hdrs[i].Len = 0
 	}
@@ -157,13 +201,14 @@ func (b *msgBatch) pack(from, n int, name *byte, namelen uint32, gso bool) int {
 // sendNow writes datagrams [0, n) of the batch (their payloads are bufs[i][:lens[i]]) to fd,
 // addressed to "to" (invalid for a connected socket), without waiting: a datagram the kernel
 // cannot take now is dropped, as a router would, rather than stalling the other flows behind
-// it. It returns how many were sent.
-func (b *msgBatch) sendNow(fd, n int, to netip.AddrPort) (int, error) {
+// it. It returns how many were sent, and whether the socket reported ICMP port unreachable
+// for an earlier datagram (ECONNREFUSED on a connected socket): evidence against the peer.
+func (b *msgBatch) sendNow(fd, n int, to netip.AddrPort) (sent int, refused bool, err error) {
 	for i := range n {
 		b.iovs[i].SetLen(b.lens[i])
 	}
 	name, namelen := b.destination(to)
-	sent, refused, gso := 0, false, true
+	gso := true
 	for sent < n {
 		m := b.pack(sent, n, name, namelen, gso)
 		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(m), unix.MSG_DONTWAIT, 0, 0)
@@ -177,14 +222,14 @@ func (b *msgBatch) sendNow(fd, n int, to netip.AddrPort) (int, error) {
 			// An ICMP error left by an earlier datagram is reported once; try again.
 			refused = true
 		case e == unix.EAGAIN || e == unix.ECONNREFUSED:
-			return sent, nil
+			return sent, refused, nil
 		case gso && b.segs[0] > 1 && (e == unix.EINVAL || e == unix.EIO || e == unix.ENOPROTOOPT):
 			// The path cannot take this segment size (MTU), the device cannot checksum for
 			// segmentation, or the kernel has no UDP_SEGMENT: one datagram a message.
 			gso = false
 		default:
-			return sent, e
+			return sent, refused, e
 		}
 	}
-	return sent, nil
+	return sent, refused, nil
 }

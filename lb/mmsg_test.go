@@ -82,7 +82,7 @@ func TestSendNowSegmentsRuns(t *testing.T) {
 	fd, rc := sendPair(t)
 	sizes := []int{100, 100, 100, 50, 1000, 1000, 1000, 3000, 0, 5}
 	b := batchOf(sizes...)
-	if sent, err := b.sendNow(fd, len(sizes), netip.AddrPort{}); sent != len(sizes) || err != nil {
+	if sent, _, err := b.sendNow(fd, len(sizes), netip.AddrPort{}); sent != len(sizes) || err != nil {
 		t.Fatalf("sent %d of %d: %v", sent, len(sizes), err)
 	}
 	expectDatagrams(t, rc, sizes)
@@ -104,7 +104,7 @@ func TestSendNowWithoutSegmentation(t *testing.T) {
 	if e != unix.EINVAL {
 		t.Fatalf("segmented send without checksums: %v, want EINVAL (the refusal this test relies on)", e)
 	}
-	if sent, err := b.sendNow(fd, len(sizes), netip.AddrPort{}); sent != len(sizes) || err != nil {
+	if sent, _, err := b.sendNow(fd, len(sizes), netip.AddrPort{}); sent != len(sizes) || err != nil {
 		t.Fatalf("sent %d of %d: %v", sent, len(sizes), err)
 	}
 	expectDatagrams(t, rc, sizes)

@@ -16,35 +16,50 @@ type scheduler interface {
 	pick(servers []*realServer, client netip.Addr) *realServer
 }
 
-func newScheduler(s config.Scheduler) scheduler {
+// newScheduler returns the scheduler s; picks is the service's pick counter (see leastConn).
+func newScheduler(s config.Scheduler, picks *atomic.Uint64) scheduler {
 	switch s {
 	case config.RoundRobin:
 		return &roundRobin{}
 	case config.WeightedRoundRobin:
 		return &weightedRoundRobin{}
 	case config.WeightedLeastConn:
-		return leastConn{weighted: true}
+		return &leastConn{weighted: true, picks: picks}
 	case config.SourceHash:
 		return sourceHash{}
 	default:
-		return leastConn{}
+		return &leastConn{picks: picks}
 	}
 }
 
+// roundRobin takes the available servers in turn. It counts turns over the available servers
+// only: starting at a rotating index and skipping to the next available one would give the
+// successor of every unavailable server its share as well as its own.
 type roundRobin struct{ next atomic.Uint32 }
 
 func (s *roundRobin) pick(servers []*realServer, _ netip.Addr) *realServer {
-	n := uint32(len(servers))
+	var n uint32
+	for _, r := range servers {
+		if r.available() {
+			n++
+		}
+	}
 	if n == 0 {
 		return nil
 	}
-	start := s.next.Add(1) - 1
-	for i := range n {
-		if r := servers[(start+i)%n]; r.available() {
+	turn := (s.next.Add(1) - 1) % n
+	var last *realServer
+	for _, r := range servers {
+		if !r.available() {
+			continue
+		}
+		if turn == 0 {
 			return r
 		}
+		turn--
+		last = r
 	}
-	return nil
+	return last // a server became unavailable between the two scans
 }
 
 // weightedRoundRobin is nginx's smooth weighted round robin: over a cycle every server is picked
@@ -80,24 +95,38 @@ func (s *weightedRoundRobin) pick(servers []*realServer, _ netip.Addr) *realServ
 }
 
 // leastConn picks the server with the fewest open connections (relative to its weight when
-// weighted). Ties go to the earliest server, which keeps the choice deterministic in tests.
-type leastConn struct{ weighted bool }
+// weighted). A tie goes to the server picked longest ago, as in HAProxy, where a server whose
+// count changes goes behind the others of its count: ties to the first server of the pool sent
+// about 92 % of a lightly loaded service's connections, where every server has 0 or 1 open, to
+// that server. (A scan starting at a rotating offset is not enough: a connection that has just
+// ended is released a moment after its client saw the end, and the next pick's rotation then
+// lands on a server that still counts it.)
+type leastConn struct {
+	weighted bool
+	// picks numbers the picks of the service; realServer.lastPick holds each server's last.
+	// It is the service's, kept across reloads as the servers' numbers are.
+	picks *atomic.Uint64
+}
 
-func (s leastConn) pick(servers []*realServer, _ netip.Addr) *realServer {
+func (s *leastConn) pick(servers []*realServer, _ netip.Addr) *realServer {
 	var best *realServer
 	var bestActive, bestWeight int64
+	var bestPick uint64
 	for _, r := range servers {
 		if !r.available() {
 			continue
 		}
-		a, w := r.active.Load(), int64(1)
+		a, w, p := r.active.Load(), int64(1), r.lastPick.Load()
 		if s.weighted {
 			w = int64(r.weight.Load())
 		}
-		// a/w < bestActive/bestWeight without division.
-		if best == nil || a*bestWeight < bestActive*w {
-			best, bestActive, bestWeight = r, a, w
+		// a/w against bestActive/bestWeight without division.
+		if best == nil || a*bestWeight < bestActive*w || (a*bestWeight == bestActive*w && p < bestPick) {
+			best, bestActive, bestWeight, bestPick = r, a, w, p
 		}
+	}
+	if best != nil {
+		best.lastPick.Store(s.picks.Add(1))
 	}
 	return best
 }

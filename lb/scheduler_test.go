@@ -3,8 +3,8 @@ package lb
 import (
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -44,11 +44,12 @@ func TestSchedulers(t *testing.T) {
 		want    []string
 	}{
 		{"roundrobin", &roundRobin{}, []int32{1, 1, 1}, nil, -1, []string{"1", "2", "3", "1", "2", "3"}},
-		{"roundrobin skips down", &roundRobin{}, []int32{1, 1, 1}, nil, 1, []string{"1", "3", "3", "1", "3", "3"}},
+		// The two servers left share equally: server 3 does not also take the down server's turns.
+		{"roundrobin skips down", &roundRobin{}, []int32{1, 1, 1}, nil, 1, []string{"1", "3", "1", "3", "1", "3"}},
 		{"weighted roundrobin smooth", &weightedRoundRobin{}, []int32{5, 1, 1}, nil, -1, []string{"1", "1", "2", "1", "3", "1", "1"}},
-		{"leastconn", leastConn{}, []int32{1, 1, 1}, []int64{3, 1, 2}, -1, []string{"2"}},
-		{"leastconn skips down", leastConn{}, []int32{1, 1, 1}, []int64{3, 1, 2}, 1, []string{"3"}},
-		{"weighted leastconn", leastConn{weighted: true}, []int32{4, 1, 1}, []int64{3, 1, 2}, -1, []string{"1"}},
+		{"leastconn", &leastConn{picks: new(atomic.Uint64)}, []int32{1, 1, 1}, []int64{3, 1, 2}, -1, []string{"2"}},
+		{"leastconn skips down", &leastConn{picks: new(atomic.Uint64)}, []int32{1, 1, 1}, []int64{3, 1, 2}, 1, []string{"3"}},
+		{"weighted leastconn", &leastConn{weighted: true, picks: new(atomic.Uint64)}, []int32{4, 1, 1}, []int64{3, 1, 2}, -1, []string{"1"}},
 		{"all down", &roundRobin{}, []int32{1}, nil, 0, []string{"-"}},
 	}
 	for _, tt := range tests {
@@ -64,6 +65,85 @@ func TestSchedulers(t *testing.T) {
 				t.Errorf("picks (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestLeastConnTiesRotate: connections that come one at a time, each closed before the next, find
+// every server with nothing open. They must spread over the servers rather than all go to the
+// first one.
+func TestLeastConnTiesRotate(t *testing.T) {
+	for _, weighted := range []bool{false, true} {
+		for _, n := range []int{2, 3} {
+			t.Run(fmt.Sprintf("weighted=%v/%d servers", weighted, n), func(t *testing.T) {
+				weights := make([]int32, n)
+				for i := range weights {
+					weights[i] = 2
+				}
+				servers := pool(weights...)
+				s := &leastConn{weighted: weighted, picks: new(atomic.Uint64)}
+				count := map[*realServer]int{}
+				const conns = 3000
+				var prev *realServer
+				for i := range conns {
+					r := s.pick(servers, netip.Addr{})
+					r.active.Add(1)
+					count[r]++
+					// Each connection is closed before the next one comes, but every other
+					// one is released only after the next pick, as when the balancer has not
+					// yet seen the end its client already saw.
+					if prev != nil {
+						prev.active.Add(-1)
+						prev = nil
+					}
+					if i%2 == 0 {
+						r.active.Add(-1)
+					} else {
+						prev = r
+					}
+				}
+				for _, r := range servers {
+					if got, want := count[r], conns/n; got < want-2 || got > want+2 {
+						t.Errorf("server %s took %d of %d sequential connections, want %d±2", r.key, got, conns, want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestLeastConnStillPrefersTheLeastLoaded: rotation only breaks ties.
+func TestLeastConnStillPrefersTheLeastLoaded(t *testing.T) {
+	servers := pool(1, 1, 1)
+	servers[0].active.Store(2)
+	servers[2].active.Store(2)
+	s := &leastConn{picks: new(atomic.Uint64)}
+	for i := range 10 {
+		if r := s.pick(servers, netip.Addr{}); r != servers[1] {
+			t.Fatalf("pick %d: %s, want the only server with fewer connections", i, r.key)
+		}
+	}
+}
+
+// TestRoundRobinEvenWithAServerDown: with one of four servers down, each of the other three
+// takes a third, whatever the position of the down one.
+func TestRoundRobinEvenWithAServerDown(t *testing.T) {
+	for down := range 4 {
+		servers := pool(1, 1, 1, 1)
+		servers[down].up.Store(false)
+		s := &roundRobin{}
+		count := map[*realServer]int{}
+		for range 300 {
+			count[s.pick(servers, netip.Addr{})]++
+		}
+		for i, r := range servers {
+			want := 100
+			if i == down {
+				want = 0
+			}
+			if count[r] != want {
+				t.Errorf("server %d down: server %d took %d of 300, want %d", down, i, count[r], want)
+			}
+		}
 	}
 }
 
@@ -117,24 +197,5 @@ func TestSourceHashHonoursWeights(t *testing.T) {
 	}
 	if share := float64(n[servers[0]]) / 20000; share < 0.70 || share > 0.80 {
 		t.Fatalf("weight 3 of 4 got a share of %.2f, want about 0.75", share)
-	}
-}
-
-func TestPersistTableBounded(t *testing.T) {
-	tbl := newPersistTable(60e9, 100)
-	now := time.Unix(1700000000, 0)
-	for _, c := range clients(1000) {
-		tbl.store(c, "s", now)
-	}
-	if n := tbl.len(); n != 100 {
-		t.Fatalf("table holds %d entries, bound is 100", n)
-	}
-	c := clients(1)[0]
-	tbl.store(c, "x", now)
-	if s, ok := tbl.lookup(c, now.Add(59e9)); !ok || s != "x" {
-		t.Fatalf("lookup before expiry: %q %v", s, ok)
-	}
-	if _, ok := tbl.lookup(c, now.Add(61e9)); ok {
-		t.Fatal("entry found after its timeout")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // State is the administrative state of a real server, set from the file or at run time.
@@ -43,6 +44,20 @@ type realServer struct {
 	total  atomic.Uint64 // connections and UDP sessions ever sent to it
 	seed   uint64        // hash of key, for rendezvous hashing
 
+	lastPick atomic.Uint64 // the service's pick number when leastconn last chose it
+
+	// leave is set while the server is down or disabled: a UDP session on it moves to another
+	// server with its client's next datagram. A client that keeps sending from one port (every
+	// STUN, ICE and TURN client) would otherwise never leave a dead server, since each of its
+	// datagrams renews the session. It is derived from up and state, under downMu, so that the
+	// datagram path reads one atomic instead of two. A draining server keeps its sessions: that
+	// is what draining means.
+	leave atomic.Bool
+
+	// lastEvidence is when a failure seen on the forwarding path (a refused or timed-out dial,
+	// ICMP port unreachable) was last reported to the evidence function, in unix nanoseconds.
+	lastEvidence atomic.Int64
+
 	// down is cancelled when health marks the server down, closing the connections of services
 	// with close_on_down; a fresh one replaces it for the connections that follow.
 	downMu sync.Mutex
@@ -62,18 +77,64 @@ func (r *realServer) downContext() context.Context {
 
 // setUp records a health verdict. Going down ends the down context.
 func (r *realServer) setUp(up bool) {
-	if r.up.Swap(up) == up || up {
-		return
-	}
 	r.downMu.Lock()
 	defer r.downMu.Unlock()
-	if r.cancel != nil {
+	was := r.up.Swap(up)
+	r.leave.Store(r.mustLeave())
+	if was && !up && r.cancel != nil {
 		r.cancel()
 		r.down, r.cancel = nil, nil
 	}
 }
 
+// setState sets the administrative state and returns the one before.
+func (r *realServer) setState(st State) State {
+	r.downMu.Lock()
+	defer r.downMu.Unlock()
+	old := State(r.state.Swap(int32(st)))
+	r.leave.Store(r.mustLeave())
+	return old
+}
+
+// mustLeave is leave's value from up and state; the caller holds downMu, which orders the
+// updates of leave, so that the last one reflects the last change of either.
+func (r *realServer) mustLeave() bool {
+	return !r.up.Load() || State(r.state.Load()) == Disabled
+}
+
 // available reports whether the server may take a new connection.
 func (r *realServer) available() bool {
 	return State(r.state.Load()) == Enabled && r.up.Load() && r.weight.Load() > 0
+}
+
+// SetEvidenceFunc gives the balancer a function to tell about failures it sees on the
+// forwarding path that say a real server may be down: a TCP dial refused, timed out or
+// answered by host unreachable, and ICMP port unreachable on a UDP session (ECONNREFUSED on
+// its socket). Health checks alone would notice only at their next interval, while clients
+// are sent there meanwhile. f is called at most once per second per real server, from the
+// balancer's event loops, so it must not block. The daemon wires it to the health monitor,
+// which decides what the evidence is worth.
+func (b *Balancer) SetEvidenceFunc(f func(service, server, reason string)) { b.evidence.Store(&f) }
+
+// Reasons given to the evidence function.
+const (
+	evidenceUDPRefused  = "udp port unreachable"
+	evidenceDialRefused = "connection refused"
+	evidenceDialTimeout = "connect timeout"
+	evidenceDialNoHost  = "host unreachable"
+	evidenceMinInterval = int64(time.Second)
+)
+
+// suspect reports evidence against r of service vs, at most once per evidenceMinInterval per
+// server; now is unix nanoseconds.
+func (b *Balancer) suspect(vs string, r *realServer, reason string, now int64) {
+	f := b.evidence.Load()
+	if f == nil || r == nil {
+		return
+	}
+	last := r.lastEvidence.Load()
+	if (last != 0 && now-last < evidenceMinInterval) || !r.lastEvidence.CompareAndSwap(last, now) {
+		return
+	}
+	(*f)(vs, r.key, reason)
 }

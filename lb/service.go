@@ -15,18 +15,21 @@ type DropReason int
 
 // Reasons for dropping traffic.
 const (
-	DropAccessDenied  DropReason = iota // client not allowed by the service's access lists
-	DropNoServer                        // no real server available and no sorry server
-	DropDialFailed                      // every available server (and the sorry server) failed to connect
-	DropUDPTableFull                    // a new UDP client while the session table is at its bound
-	DropUDPSendFailed                   // the kernel refused to send a datagram
-	DropUDPTooLarge                     // a datagram larger than maxDatagram
-	DropServiceClosed                   // traffic for a service a reload removed
+	DropAccessDenied       DropReason = iota // client not allowed by the service's access lists
+	DropNoServer                             // no real server available and no sorry server
+	DropDialFailed                           // every available server (and the sorry server) failed to connect
+	DropUDPTableFull                         // a new UDP client while the session table is at its bound
+	DropUDPSendFailed                        // the kernel refused to send a datagram
+	DropUDPTooLarge                          // a datagram larger than maxDatagram
+	DropServiceClosed                        // traffic for a service a reload removed
+	DropUDPReceiveOverflow                   // datagrams the kernel dropped on a full receive queue, before pairlb read them
+	DropLocalError                           // the box could not carry it (an epoll set refused the socket: memory)
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
 	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "udp_too_large", "service_closed",
+	"udp_receive_overflow", "local_error",
 }
 
 func (r DropReason) String() string { return dropReasonNames[r] }
@@ -37,9 +40,14 @@ type serviceStats struct {
 	accepted    atomic.Uint64 // connections accepted and UDP sessions created
 	active      atomic.Int64
 	udpSessions atomic.Int64
-	bytesIn     atomic.Uint64 // client to server
-	bytesOut    atomic.Uint64 // server to client
-	dropped     [numDropReasons]atomic.Uint64
+	udpMoves    atomic.Uint64 // UDP sessions moved off a server gone down or disabled, or off the sorry server
+
+	persistEvictions atomic.Uint64 // persistence entries evicted for room, by every table the service had
+	bytesIn          atomic.Uint64 // client to server
+	bytesOut         atomic.Uint64 // server to client
+	dropped          [numDropReasons]atomic.Uint64
+	picks            atomic.Uint64 // leastconn's pick numbers (see leastConn)
+	logs             logLimiter    // the service's per-connection and per-datagram log lines
 
 	mu    sync.Mutex
 	ports map[config.Port]*portCounter
@@ -61,12 +69,13 @@ type service struct {
 }
 
 func newService(vs config.VirtualService, g *config.Global, old *service) *service {
-	s := &service{cfg: vs, sched: newScheduler(vs.Scheduler), byKey: make(map[string]*realServer, len(vs.RealServers))}
+	s := &service{cfg: vs, byKey: make(map[string]*realServer, len(vs.RealServers))}
 	if old != nil {
 		s.stats = old.stats
 	} else {
 		s.stats = &serviceStats{}
 	}
+	s.sched = newScheduler(vs.Scheduler, &s.stats.picks)
 	for _, rc := range vs.RealServers {
 		key := rc.Key()
 		var r *realServer
@@ -75,29 +84,40 @@ func newService(vs config.VirtualService, g *config.Global, old *service) *servi
 		}
 		if r == nil {
 			r = &realServer{key: key, addr: rc.Address, port: rc.Port, seed: hashString(key)}
-			r.up.Store(vs.Health.Type == config.HealthNone || vs.Health.InitialUp)
+			r.setUp(vs.Health.Type == config.HealthNone || vs.Health.InitialUp)
 		}
 		// The file's enabled: false wins; otherwise a run-time state set through the API stays.
 		if !rc.Enabled {
-			r.state.Store(int32(Disabled))
+			r.setState(Disabled)
 		} else if old == nil || old.byKey[key] == nil || old.fileDisabled(key) {
-			r.state.Store(int32(Enabled))
+			r.setState(Enabled)
 		}
 		if vs.Health.Type == config.HealthNone {
-			r.up.Store(true)
+			r.setUp(true)
 		}
 		r.weight.Store(int32(rc.Weight))
 		s.servers = append(s.servers, r)
 		s.byKey[key] = r
 	}
 	if vs.Persistence.Enabled() {
-		if old != nil && old.persist != nil && old.cfg.Persistence == vs.Persistence {
+		// place_by says only how clients without an entry are placed: the entries stay good.
+		was, now := old.persistence(), vs.Persistence
+		was.PlaceBy, now.PlaceBy = "", ""
+		if old != nil && old.persist != nil && was == now {
 			s.persist = old.persist
 		} else {
-			s.persist = newPersistTable(vs.Persistence.Timeout, vs.Persistence.MaxEntries)
+			s.persist = newPersistTable(vs.Persistence.Timeout, vs.Persistence.MaxEntries, &s.stats.persistEvictions)
 		}
 	}
 	return s
+}
+
+// persistence is the persistence settings of s; none for a nil s.
+func (s *service) persistence() config.Persistence {
+	if s == nil {
+		return config.Persistence{}
+	}
+	return s.cfg.Persistence
 }
 
 // fileDisabled reports whether the file disabled the server in this (older) service, so that
@@ -156,7 +176,7 @@ func (s *service) pick(client netip.Addr, tried []*realServer) *realServer {
 		}
 	}
 	var r *realServer
-	if s.persist != nil {
+	if s.placeByHash() {
 		// A new client of a persistent service goes where a consistent hash of its address
 		// sends it: both boxes of a pair, with the same configuration and health view, agree on
 		// it without sharing a table, so affinity survives a failover.
@@ -168,6 +188,44 @@ func (s *service) pick(client netip.Addr, tried []*realServer) *realServer {
 		s.persist.store(client, r.key, now)
 	}
 	return r
+}
+
+// placeByHash reports whether a new client is placed by the consistent hash rather than by the
+// scheduler: with persistence, unless the file says place_by: scheduler.
+func (s *service) placeByHash() bool {
+	return s.persist != nil && s.cfg.Persistence.PlaceBy != config.PlaceByScheduler
+}
+
+// placement names what places a new client, for the status and the metrics: the scheduler, or
+// "hash" for a persistent service that places by the consistent hash.
+func (s *service) placement() string {
+	if s.placeByHash() {
+		return placementHash
+	}
+	return string(s.cfg.Scheduler)
+}
+
+// placementHash is the placement of a persistent service with place_by: hash.
+const placementHash = "hash"
+
+// housekeeping is the balancer's periodic work on its services: expiring persistence entries,
+// and the counts of log lines held back by a burst that has ended.
+// It holds the balancer's lock only to list the services, so that a large table's sweep never
+// delays a reload or a status request.
+func (b *Balancer) housekeeping(now time.Time) {
+	b.mu.Lock()
+	services := make([]*service, 0, len(b.services))
+	for _, s := range b.services {
+		services = append(services, s)
+	}
+	b.mu.Unlock()
+	for _, s := range services {
+		s.stats.logs.flush(b.log, now.UnixNano(), "virtual_service", s.cfg.Name)
+		// In chunks, each under the table's lock for a moment only: the work is the entries
+		// that expired, each of which an insertion paid for, never a walk of the live ones.
+		for s.persist != nil && s.persist.sweep(now) == sweepBudget {
+		}
+	}
 }
 
 // portCounter counts the connections accepted on one port of a service.

@@ -1,20 +1,42 @@
 package lb
 
+import "github.com/pairlb/pairlb/config"
+
 // ServiceStatus is a snapshot of one virtual service for the admin API and the metrics.
 type ServiceStatus struct {
-	Name        string         `json:"name"`
-	VIP         string         `json:"vip"`
-	Gateway     string         `json:"default_gateway,omitempty"`
-	Scheduler   string         `json:"scheduler,omitempty"`
-	Redirect    string         `json:"redirect,omitempty"`
-	Ports       []PortStatus   `json:"ports"`
-	Active      int64          `json:"active_connections"`
-	UDPSessions int64          `json:"udp_sessions"`
+	Name      string `json:"name"`
+	VIP       string `json:"vip"`
+	Gateway   string `json:"default_gateway,omitempty"`
+	Scheduler string `json:"scheduler,omitempty"` // as the file writes it
+	// Placement is what places a new client: the scheduler's name, or "hash" for a persistent
+	// service placing by the consistent hash of the client's address (persistence place_by:
+	// hash), where the scheduler is not used. Empty for a redirector.
+	Placement   string             `json:"placement,omitempty"`
+	Persistence *PersistenceStatus `json:"persistence,omitempty"` // nil without persistence
+	Redirect    string             `json:"redirect,omitempty"`
+	Ports       []PortStatus       `json:"ports"`
+	Active      int64              `json:"active_connections"`
+	UDPSessions int64              `json:"udp_sessions"`
+	// UDPMoves counts UDP sessions moved to another destination: off a real server that went
+	// down or was disabled, or off the sorry server once a real server was back.
+	UDPMoves    uint64         `json:"udp_session_moves_total"`
 	Accepted    uint64         `json:"connections_total"`
 	BytesIn     uint64         `json:"bytes_client_to_server"`
 	BytesOut    uint64         `json:"bytes_server_to_client"`
 	Dropped     []DropStatus   `json:"dropped"`
 	RealServers []ServerStatus `json:"real_servers"`
+}
+
+// PersistenceStatus is the source-IP persistence of a service and its table.
+type PersistenceStatus struct {
+	Type           string  `json:"type"`     // source-ip
+	PlaceBy        string  `json:"place_by"` // hash | scheduler: what places a client the table does not know
+	TimeoutSeconds float64 `json:"timeout_seconds"`
+	Entries        int     `json:"entries"`
+	MaxEntries     int     `json:"max_entries"`
+	// Evictions counts entries forgotten to make room for a new client while the table was
+	// full, not those that expired: clients that lose their server affinity early.
+	Evictions uint64 `json:"evictions_total"`
 }
 
 // PortStatus is one listening port and the connections it accepted.
@@ -61,6 +83,7 @@ func (b *Balancer) Status() []ServiceStatus {
 			Redirect:    vs.Redirect,
 			Active:      st.active.Load(),
 			UDPSessions: st.udpSessions.Load(),
+			UDPMoves:    st.udpMoves.Load(),
 			Accepted:    st.accepted.Load(),
 			BytesIn:     st.bytesIn.Load(),
 			BytesOut:    st.bytesOut.Load(),
@@ -70,6 +93,21 @@ func (b *Balancer) Status() []ServiceStatus {
 		}
 		if vs.Redirect == "" {
 			ss.Scheduler = string(vs.Scheduler)
+			ss.Placement = s.placement()
+		}
+		if p := s.persist; p != nil && vs.Redirect == "" {
+			placeBy := config.PlaceByHash
+			if !s.placeByHash() {
+				placeBy = config.PlaceByScheduler
+			}
+			ss.Persistence = &PersistenceStatus{
+				Type:           vs.Persistence.Type,
+				PlaceBy:        string(placeBy),
+				TimeoutSeconds: vs.Persistence.Timeout.Seconds(),
+				Entries:        p.len(),
+				MaxEntries:     p.max,
+				Evictions:      st.persistEvictions.Load(),
+			}
 		}
 		for _, p := range vs.Ports {
 			ss.Ports = append(ss.Ports, PortStatus{Port: p.String(), Listen: p.Listen, Proto: string(p.Proto), Accepted: st.port(p).accepted.Load()})

@@ -94,7 +94,10 @@ func (b *Balancer) acceptTCP(lp *loop, fd int, client netip.AddrPort, bnd *bindi
 	c.ready[sideClient] = canWrite
 	lp.conns = append(lp.conns, c)
 	if err := lp.add(fd, connEvents, c, sideClient); err != nil {
-		b.log.Warn("connection dropped", "virtual_service", svc.cfg.Name, "err", err)
+		st.drop(DropLocalError)
+		if n, ok := st.logs.allow(logConnDropped, lp.now); ok {
+			st.logs.write(b.log, logConnDropped, n, "virtual_service", svc.cfg.Name, "err", err)
+		}
 		c.reset = true
 		c.close()
 		return

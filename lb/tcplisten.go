@@ -188,7 +188,10 @@ func (l *tcpListener) acceptSome(lp *loop) bool {
 		default:
 			// Out of descriptors or memory: stop watching for a while rather than spin on a
 			// listener that stays ready, as HAProxy does.
-			l.b.log.Warn("accept failed", "listener", l.key.String(), "err", err, "retry_in", acceptPause)
+			st := l.cur.Load().svc.stats
+			if n, ok := st.logs.allow(logAcceptFailed, lp.now); ok {
+				st.logs.write(l.b.log, logAcceptFailed, n, "listener", l.key.String(), "err", err, "retry_in", acceptPause)
+			}
 			lp.remove(l.fd)
 			time.AfterFunc(acceptPause, func() { lp.post(func() { l.watch(lp) }) })
 			return false

@@ -25,9 +25,16 @@ type udpListener struct {
 	fd  int
 	cur atomic.Pointer[binding]
 
-	// Only the loop's goroutine touches sessions and groups.
+	// Only the loop's goroutine touches the fields below, up to mu.
 	sessions map[netip.AddrPort]*udpSession
 	groups   []forwardGroup
+	// oldest and newest end the list of the sessions by their last datagram, either way: the
+	// idle sweep walks from the old end and stops at the first session that cannot have
+	// expired, so that it costs the sessions that expire, never the whole table (up to 10M).
+	oldest, newest *udpSession
+	shortestIdle   int64  // the shortest idle timeout of the sessions listed; 0 with none
+	swept          uint64 // sessions the idle sweep has looked at, expired or not: its work
+	rxqDrops       uint32 // the socket's count of dropped datagrams when last read (SO_RXQ_OVFL)
 
 	// mu orders the state changes made from Apply and shutdown against the loop's.
 	mu      sync.Mutex
@@ -55,6 +62,12 @@ type udpSession struct {
 	last     int64       // unix nanoseconds of the last datagram either way
 	stopDown func() bool // close_on_down's watch, if any
 	closed   bool
+
+	checked  int64  // the loop round (lp.now) in which the session was last checked for a move
+	retry    int64  // when to look again for a better destination (see moveRetry)
+	rxqDrops uint32 // the socket's count of dropped datagrams when last read (SO_RXQ_OVFL)
+
+	older, newer *udpSession // the listener's list by last activity
 }
 
 // maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
@@ -100,13 +113,44 @@ func (u *udpLoop) sweep(now int64) {
 	}
 }
 
+// udpReceiveBuffer is the receive buffer asked for each VIP socket. A VIP socket queues what
+// its loop has not read yet; while the loop is busy elsewhere (a burst of new TCP connections,
+// a garbage collection, a core shared with other work), a socket holding the default 208 KiB
+// drops a burst after a few hundred datagrams: about 8,500 of a 20,000-datagram burst were
+// lost so. 4 MiB holds several thousand small media or STUN datagrams, 10 ms of a 1 Gb/s
+// flood of them, which is more than a loop stalls; the memory is taken only while datagrams
+// wait. The kernel caps SO_RCVBUF at net.core.rmem_max; with CAP_NET_ADMIN, SO_RCVBUFFORCE
+// passes the cap. What the kernel granted is logged once.
+const udpReceiveBuffer = 4 << 20
+
 // listenUDP opens a datagram socket on addr, also when the box does not hold addr yet (see
-// bindVIP). Go's poller never sees it: the listener's loop reads it.
+// bindVIP), with the receive buffer above and the kernel's drop count delivered with each
+// datagram (SO_RXQ_OVFL), so that datagrams lost on a full queue are counted. Go's poller
+// never sees it: the listener's loop reads it.
 func listenUDP(addr netip.AddrPort) (int, error) {
-	return bindVIP(addr, unix.SOCK_DGRAM)
+	fd, err := bindVIP(addr, unix.SOCK_DGRAM, [3]int{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1})
+	if err != nil {
+		return -1, err
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReceiveBuffer) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpReceiveBuffer) // capped, not refused
+	}
+	return fd, nil
 }
 
 func newUDPListener(b *Balancer, k listenerKey, lp *loop, fd int) *udpListener {
+	if b.rcvbufLogged.CompareAndSwap(false, true) {
+		// The kernel reports twice the size it grants: the rest is its bookkeeping.
+		got, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
+		switch {
+		case err != nil:
+		case got/2 < udpReceiveBuffer:
+			b.log.Warn("udp receive buffer smaller than asked: bursts may be dropped (counted as udp_receive_overflow); raise net.core.rmem_max or grant CAP_NET_ADMIN",
+				"listener", k.String(), "asked_bytes", udpReceiveBuffer, "granted_bytes", got/2)
+		default:
+			b.log.Info("udp receive buffer", "listener", k.String(), "granted_bytes", got/2)
+		}
+	}
 	return &udpListener{b: b, key: k, lp: lp, fd: fd, sessions: map[netip.AddrPort]*udpSession{}}
 }
 
@@ -223,12 +267,62 @@ func (l *udpListener) idleTimeout(svc *service) int64 {
 	return idle
 }
 
-// sweep ends the sessions that have been idle for their service's UDP idle timeout.
+// sweep ends the sessions that have been idle for their service's UDP idle timeout. It walks
+// from the least recently active session and stops at the first one quiet for less than the
+// shortest timeout of any: every session after it has been quiet for less still.
 func (l *udpListener) sweep(now int64) {
-	for _, s := range l.sessions {
+	shortest := l.shortestIdle
+	if d := l.stopIdle.Load(); d > 0 && d < shortest {
+		shortest = d
+	}
+	for s := l.oldest; s != nil && now-s.last >= shortest; {
+		l.swept++
+		next := s.newer
 		if now-s.last >= l.idleTimeout(s.svc) {
 			s.close()
 		}
+		s = next
+	}
+}
+
+// link makes s the newest session of the list.
+func (l *udpListener) link(s *udpSession) {
+	s.older, s.newer = l.newest, nil
+	if l.newest != nil {
+		l.newest.newer = s
+	} else {
+		l.oldest = s
+	}
+	l.newest = s
+	if t := int64(s.svc.cfg.UDPIdleTimeout); l.shortestIdle == 0 || t < l.shortestIdle {
+		l.shortestIdle = t
+	}
+}
+
+// unlink takes s out of the list.
+func (l *udpListener) unlink(s *udpSession) {
+	if s.older != nil {
+		s.older.newer = s.newer
+	} else if l.oldest == s {
+		l.oldest = s.newer
+	}
+	if s.newer != nil {
+		s.newer.older = s.older
+	} else if l.newest == s {
+		l.newest = s.older
+	}
+	s.older, s.newer = nil, nil
+	if l.oldest == nil {
+		l.shortestIdle = 0
+	}
+}
+
+// touch records activity at now: s becomes the newest session.
+func (s *udpSession) touch(now int64) {
+	s.last = now
+	if l := s.l; l.newest != s {
+		l.unlink(s)
+		l.link(s)
 	}
 }
 
@@ -262,13 +356,21 @@ func (l *udpListener) handle(lp *loop, _ int8, _ uint32) {
 		n, err := in.recvNow(l.fd)
 		if err != nil {
 			if err != unix.EAGAIN {
-				l.b.log.Warn("udp read failed", "listener", l.key.String(), "err", err)
+				st := l.cur.Load().svc.stats
+				if k, ok := st.logs.allow(logUDPReadFailed, lp.now); ok {
+					st.logs.write(l.b.log, logUDPReadFailed, k, "listener", l.key.String(), "err", err)
+				}
 			}
 			return
 		}
+		if d := in.overflow(n, &l.rxqDrops); d > 0 {
+			l.cur.Load().svc.stats.dropped[DropUDPReceiveOverflow].Add(uint64(d))
+		}
 		l.forward(lp, n)
-		if n < len(in.hdrs) {
-			return // the socket is drained, or nearly: if not, it is still readable
+		if l.closed || n < len(in.hdrs) {
+			// Closed: the last session of a retired listener could not move. Short: the
+			// socket is drained, or nearly; if not, it is still readable.
+			return
 		}
 	}
 }
@@ -289,6 +391,15 @@ func (l *udpListener) forward(lp *loop, n int) {
 		}
 		from := in.from(i)
 		s := l.sessions[from]
+		if s != nil && s.checked != lp.now {
+			// Once per session and round, not per datagram: is its server still there?
+			s.checked = lp.now
+			if s.mustMove(bnd, lp.now) {
+				if s = l.move(lp, bnd, s); s == nil {
+					continue
+				}
+			}
+		}
 		if s == nil {
 			if s = l.newSession(lp, bnd, from); s == nil {
 				continue
@@ -298,22 +409,88 @@ func (l *udpListener) forward(lp *loop, n int) {
 	}
 	l.groups = groups
 	for _, g := range groups {
-		g.s.last = lp.now
+		g.s.touch(lp.now)
 		var size uint64
 		for k, i := range g.idx {
 			out.carry(k, in.bufs[i][:in.lens[i]])
 			size += uint64(in.lens[i])
 		}
-		sent, err := out.sendNow(g.s.fd, len(g.idx), netip.AddrPort{})
+		sent, refused, err := out.sendNow(g.s.fd, len(g.idx), netip.AddrPort{})
+		if refused {
+			l.b.suspect(g.s.svc.cfg.Name, g.s.server, evidenceUDPRefused, lp.now)
+		}
 		if sent < len(g.idx) {
 			// The server's socket is full or refused: those datagrams are lost, counted.
 			st.dropped[DropUDPSendFailed].Add(uint64(len(g.idx) - sent))
 			if err != nil {
-				l.b.log.Debug("udp send failed", "virtual_service", g.s.svc.cfg.Name, "err", err)
+				if k, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
+					st.logs.write(l.b.log, logUDPSendFailed, k, "virtual_service", g.s.svc.cfg.Name, "err", err)
+				}
 			}
 		}
 		st.bytesIn.Add(size)
 	}
+}
+
+// mustMove reports whether session s must leave its destination before its next datagram: its
+// real server is down or disabled, or, on the sorry server, a real server of the service is
+// available again (the sorry server stands in only while none is; a client that keeps sending
+// would otherwise stay on it for good).
+func (s *udpSession) mustMove(bnd *binding, now int64) bool {
+	if now < s.retry {
+		return false
+	}
+	if s.server != nil {
+		return s.server.leave.Load()
+	}
+	s.retry = now + moveRetry
+	for _, r := range bnd.svc.servers {
+		if r.available() {
+			return true
+		}
+	}
+	return false
+}
+
+// moveRetry is how often a session that must move but found nowhere to go, or a session on the
+// sorry server, looks again.
+const moveRetry = int64(time.Second)
+
+// move gives the client of session s a new session through the dial plan, as for a new client
+// (the persistence entry follows the new choice), then ends s: its socket towards the old
+// server is closed and its active count released. The datagram that found the old server gone
+// goes to the new one, so none is lost. With nowhere else to go (no server available and no
+// sorry server), s stays where it is, as a TCP connection would, and looks again later: health
+// may be wrong, and a dead server loses nothing more. The sessions of a retired listener (its
+// service removed) do not move: it takes no new session. It returns the session to use, or
+// nil, counted, when the client is no longer admitted.
+func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
+	l.mu.Lock()
+	retired := l.retired
+	l.mu.Unlock()
+	if retired {
+		s.retry = lp.now + moveRetry
+		return s
+	}
+	svc, client := bnd.svc, s.client
+	if !svc.allowed(client.Addr()) {
+		s.close()
+		svc.stats.drop(DropAccessDenied)
+		return nil
+	}
+	fd, r, ok := connectUDP(l.b, bnd, client, true)
+	if !ok {
+		s.retry = lp.now + moveRetry
+		return s
+	}
+	s.end()
+	ns := l.open(lp, bnd, client, fd, r, false)
+	if ns == nil {
+		l.closeIfIdle()
+		return nil
+	}
+	svc.stats.udpMoves.Add(1)
+	return ns
 }
 
 // newSession admits a new client: access control, the session bound, a server choice and the
@@ -330,14 +507,22 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 		st.drop(DropUDPTableFull)
 		return nil
 	}
-	fd, r, ok := connectUDP(l.b, bnd, client)
+	fd, r, ok := connectUDP(l.b, bnd, client, false)
 	if !ok {
 		return nil
 	}
+	return l.open(lp, bnd, client, fd, r, true)
+}
+
+// open makes the session of client on fd, a socket connected to r (nil: the sorry server)
+// whose active count is taken. It returns nil, counted, when the listener has retired, the
+// table has filled meanwhile (if bounded) or the loop cannot watch the socket.
+func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int, r *realServer, bounded bool) *udpSession {
+	svc, st := bnd.svc, bnd.svc.stats
 	reject := func(reason DropReason) *udpSession {
 		unix.Close(fd)
 		if r != nil {
-			r.active.Add(-1)
+			r.release(l.b.log, svc.cfg.Name)
 		}
 		st.drop(reason)
 		return nil
@@ -348,21 +533,27 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 	case l.retired:
 		l.mu.Unlock()
 		return reject(DropServiceClosed)
-	case st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions):
+	case bounded && st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions):
 		l.mu.Unlock()
 		return reject(DropUDPTableFull)
 	}
-	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now}
+	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, checked: lp.now}
 	if err := lp.add(fd, unix.EPOLLIN, s, 0); err != nil {
 		l.mu.Unlock()
-		l.b.log.Warn("udp session dropped", "virtual_service", svc.cfg.Name, "err", err)
-		return reject(DropUDPSendFailed)
+		if k, ok := st.logs.allow(logUDPSessionDropped, lp.now); ok {
+			st.logs.write(l.b.log, logUDPSessionDropped, k, "virtual_service", svc.cfg.Name, "err", err)
+		}
+		return reject(DropLocalError)
 	}
 	l.sessions[client] = s
+	l.link(s)
 	st.udpSessions.Add(1)
 	st.accepted.Add(1)
 	st.active.Add(1)
 	bnd.accepted.accepted.Add(1)
+	if r != nil {
+		r.total.Add(1)
+	}
 	l.b.connWG.Add(1) // under l.mu with retired false: shutdown has not started waiting
 	l.mu.Unlock()
 
@@ -382,10 +573,16 @@ func (s *udpSession) handle(lp *loop, _ int8, _ uint32) {
 		case unix.EAGAIN:
 			return
 		case unix.ECONNREFUSED:
-			continue // ICMP port unreachable from the server; health checks judge it
+			// ICMP port unreachable from the server: evidence for health, which judges it;
+			// the session stays, and moves if health then marks the server down.
+			s.l.b.suspect(s.svc.cfg.Name, s.server, evidenceUDPRefused, lp.now)
+			continue
 		default:
 			s.close() // a hard error
 			return
+		}
+		if d := b.overflow(n, &s.rxqDrops); d > 0 {
+			s.svc.stats.dropped[DropUDPReceiveOverflow].Add(uint64(d))
 		}
 		s.reply(lp, b, n)
 		if n < len(b.hdrs) {
@@ -397,7 +594,7 @@ func (s *udpSession) handle(lp *loop, _ int8, _ uint32) {
 // reply sends the n datagrams of batch b, read from the server, to the client.
 func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
 	st := s.svc.stats
-	s.last = lp.now
+	s.touch(lp.now)
 	k := 0
 	var size uint64
 	for i := range n {
@@ -413,15 +610,30 @@ func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
 		size += uint64(b.lens[k])
 		k++
 	}
-	sent, _ := b.sendNow(s.l.fd, k, s.client)
+	sent, _, err := b.sendNow(s.l.fd, k, s.client)
 	if sent < k {
 		st.dropped[DropUDPSendFailed].Add(uint64(k - sent))
+		if err != nil {
+			if n, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
+				st.logs.write(s.l.b.log, logUDPSendFailed, n, "virtual_service", s.svc.cfg.Name, "err", err)
+			}
+		}
 	}
 	st.bytesOut.Add(size)
 }
 
 // close ends the session: idle, its server down with close_on_down, or the listener aborted.
 func (s *udpSession) close() {
+	if s.closed {
+		return
+	}
+	s.end()
+	s.l.closeIfIdle()
+}
+
+// end closes the session's socket and gives back everything it holds, leaving the listener
+// open even if this was its last session (see move).
+func (s *udpSession) end() {
 	if s.closed {
 		return
 	}
@@ -435,11 +647,11 @@ func (s *udpSession) close() {
 	if l.sessions[s.client] == s {
 		delete(l.sessions, s.client)
 	}
+	l.unlink(s)
 	st.udpSessions.Add(-1)
 	st.active.Add(-1)
 	if s.server != nil {
 		s.server.release(l.b.log, s.svc.cfg.Name)
 	}
 	l.b.connWG.Done()
-	l.closeIfIdle()
 }

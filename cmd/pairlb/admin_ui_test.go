@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,6 +153,26 @@ func TestStatusPage(t *testing.T) {
 	if fmt.Sprint(names) != "[fe-pool-sip edge-access web-redirect]" {
 		t.Errorf("services on the page: %q", names)
 	}
+	// What places a new client: fe-pool-sip's scheduler; edge-access's persistence hash, with
+	// its default scheduler named as unused.
+	placements, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](`Object.fromEntries([...document.querySelectorAll("section.vs")].map(s => [s.dataset.vs, (s.querySelector(".placement") || {}).textContent || ""]))`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for vs, want := range map[string]string{
+		"fe-pool-sip":  "placement leastconn",
+		"edge-access":  "placement hash (scheduler leastconn unused)",
+		"web-redirect": "",
+	} {
+		if placements[vs] != want {
+			t.Errorf("%s shows %q, want %q", vs, placements[vs], want)
+		}
+	}
+	persistence, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('section.vs[data-vs="edge-access"] .persistence').textContent`))
+	if err != nil || !strings.HasPrefix(persistence, "persistence source-ip, ") || !strings.HasSuffix(persistence, " / 1048576 clients") {
+		t.Errorf("edge-access persistence fact: %q, %v", persistence, err)
+	}
+
 	// Health settles: fe3 has no listener and shows down.
 	runBrowser(t, ctx, "waiting for health",
 		chromedp.WaitVisible(chromedp.CSS(`tr.rs.down[data-rs="`+fe3+`"]`)),

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/lb"
 )
 
 // adminClient talks to a running daemon's admin API.
@@ -222,8 +223,11 @@ func printStatus(w io.Writer, st *statusResponse, now time.Time) {
 		if vs.Gateway != "" {
 			gw = "gw " + vs.Gateway
 		}
-		fmt.Fprintf(w, "  %s  %s  active %d", gw, vs.Scheduler, vs.Active)
-		if vs.UDPSessions > 0 {
+		fmt.Fprintf(w, "  %s  %s  active %d", gw, placementText(&vs.ServiceStatus), vs.Active)
+		switch {
+		case vs.UDPMoves > 0:
+			fmt.Fprintf(w, " (udp sessions %d, moved %d)", vs.UDPSessions, vs.UDPMoves)
+		case vs.UDPSessions > 0:
 			fmt.Fprintf(w, " (udp sessions %d)", vs.UDPSessions)
 		}
 		fmt.Fprintf(w, "  connections %d  in %s  out %s", vs.Accepted, humanBytes(vs.BytesIn), humanBytes(vs.BytesOut))
@@ -260,6 +264,26 @@ func printStatus(w io.Writer, st *statusResponse, now time.Time) {
 		}
 		_ = tw.Flush()
 	}
+}
+
+// placementText says what places a new client of vs and, with persistence, how full its table
+// is: "leastconn", "leastconn + persistence 12/1048576", or, where the consistent hash places
+// and the scheduler is not used, "hash (scheduler leastconn unused) + persistence 12/1048576".
+func placementText(vs *lb.ServiceStatus) string {
+	text := vs.Placement
+	switch {
+	case text == "": // a daemon older than placement
+		text = vs.Scheduler
+	case text != vs.Scheduler && vs.Scheduler != "":
+		text = fmt.Sprintf("%s (scheduler %s unused)", text, vs.Scheduler)
+	}
+	if p := vs.Persistence; p != nil {
+		text += fmt.Sprintf(" + persistence %d/%d", p.Entries, p.MaxEntries)
+		if p.Evictions > 0 {
+			text += fmt.Sprintf(" (%d evicted)", p.Evictions)
+		}
+	}
+	return text
 }
 
 func humanBytes(n uint64) string {

@@ -74,7 +74,25 @@ function serverClass(rs) {
   return rs.up ? "available" : "down";
 }
 
-function fact(label, value) { return el("span", {}, label + " ", el("b", {}, value)); }
+function fact(label, value, attrs) { return el("span", attrs || {}, label + " ", el("b", {}, value)); }
+
+// placementFacts say what places a new client: the scheduler, or, for a persistent service that
+// places by the consistent hash, "hash" with the scheduler named as unused; then the
+// persistence table's fill.
+function placementFacts(vs) {
+  if (!vs.scheduler) return [];
+  const placement = vs.placement || vs.scheduler;
+  let text = placement;
+  if (placement !== vs.scheduler) text += " (scheduler " + vs.scheduler + " unused)";
+  const facts = [fact("placement", text, { class: "placement", "data-placement": placement })];
+  const p = vs.persistence;
+  if (p) {
+    let t = p.type + ", " + p.entries + " / " + p.max_entries + " clients";
+    if (p.evictions_total) t += ", " + p.evictions_total + " evicted";
+    facts.push(fact("persistence", t, { class: "persistence" }));
+  }
+  return facts;
+}
 
 function renderServer(vs, rs) {
   const cls = serverClass(rs);
@@ -111,9 +129,10 @@ function renderService(vs) {
   const facts = el("div", { class: "facts" },
     el("span", {}, ports),
     fact("gateway", vs.default_gateway || "main table"),
-    vs.scheduler ? fact("scheduler", vs.scheduler) : null,
+    ...placementFacts(vs),
     fact("active", vs.active_connections),
     vs.udp_sessions ? fact("UDP sessions", vs.udp_sessions) : null,
+    vs.udp_session_moves_total ? fact("UDP sessions moved", vs.udp_session_moves_total) : null,
     fact("connections", vs.connections_total),
     fact("in", bytes(vs.bytes_client_to_server)),
     fact("out", bytes(vs.bytes_server_to_client)));
