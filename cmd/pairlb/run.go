@@ -138,6 +138,10 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 		log.Info("routing off: no CAP_NET_ADMIN and no virtual service that needs it")
 	}
 	d.lb.SetSourceFunc(d.subnetSource)
+	// What the forwarding plane sees of a failing server (ICMP port unreachable on a UDP
+	// session, a refused or timed-out connect) makes its health checks come sooner; the checks
+	// still decide. Suspect never blocks, as the balancer's loops need.
+	d.lb.SetEvidenceFunc(d.health.Suspect)
 	if err := d.apply(cfg); err != nil {
 		if d.routes != nil {
 			_ = d.routes.Close()
