@@ -58,6 +58,18 @@ type service struct {
 	stats   *serviceStats
 
 	nextSource atomic.Uint32 // round robin over cfg.SourceAddresses
+
+	// onCommit changes the real servers this service shares with the running one; Apply runs
+	// it once the reload is accepted, so that a rejected reload leaves them as they were.
+	onCommit []func()
+}
+
+// commit makes the changes newService left for the reload's success.
+func (s *service) commit() {
+	for _, f := range s.onCommit {
+		f()
+	}
+	s.onCommit = nil
 }
 
 func newService(vs config.VirtualService, g *config.Global, old *service) *service {
@@ -73,20 +85,32 @@ func newService(vs config.VirtualService, g *config.Global, old *service) *servi
 		if old != nil {
 			r = old.byKey[key]
 		}
+		shared := r != nil
 		if r == nil {
 			r = &realServer{key: key, addr: rc.Address, port: rc.Port, seed: hashString(key)}
 			r.up.Store(vs.Health.Type == config.HealthNone || vs.Health.InitialUp)
 		}
+		state := State(-1)
 		// The file's enabled: false wins; otherwise a run-time state set through the API stays.
 		if !rc.Enabled {
-			r.state.Store(int32(Disabled))
+			state = Disabled
 		} else if old == nil || old.byKey[key] == nil || old.fileDisabled(key) {
-			r.state.Store(int32(Enabled))
+			state = Enabled
 		}
-		if vs.Health.Type == config.HealthNone {
-			r.up.Store(true)
+		set := func() {
+			if state >= 0 {
+				r.state.Store(int32(state))
+			}
+			if vs.Health.Type == config.HealthNone {
+				r.up.Store(true)
+			}
+			r.weight.Store(int32(rc.Weight))
 		}
-		r.weight.Store(int32(rc.Weight))
+		if shared {
+			s.onCommit = append(s.onCommit, set)
+		} else {
+			set()
+		}
 		s.servers = append(s.servers, r)
 		s.byKey[key] = r
 	}

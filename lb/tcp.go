@@ -3,6 +3,7 @@ package lb
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -153,14 +154,21 @@ func (c *tcpConn) unavailable() {
 	nc, err := net.FileConn(f)
 	f.Close()
 	c.fd[sideClient] = -1
-	if tc, ok := nc.(*net.TCPConn); ok && err == nil {
+	switch {
+	case err != nil:
+	case c.b.unavailable.Add(1) > maxUnavailable:
+		c.b.unavailable.Add(-1)
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		nc.Close()
+	default:
 		c.b.connWG.Add(1)
 		go func() {
 			defer c.b.connWG.Done()
-			serveUnavailable(tc, redirect)
+			defer c.b.unavailable.Add(-1)
+			serveUnavailable(nc, redirect)
 		}()
-	} else if nc != nil {
-		nc.Close()
 	}
 	c.close()
 }
@@ -482,22 +490,38 @@ func resetFD(fd int) {
 }
 
 // serveUnavailable answers an HTTP client with a redirect when the service has no server: the
-// appliance's "Not Available Redirection".
-func serveUnavailable(c *net.TCPConn, template string) {
+// appliance's "Not Available Redirection". It reads one request within the redirector's
+// bounds: the header timeout and a budget of bytes and lines.
+func serveUnavailable(c net.Conn, template string) {
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 64<<10)))
+	_ = c.SetDeadline(time.Now().Add(httpReadHeaderTimeout))
+	req, err := http.ReadRequest(bufio.NewReader(newBudgetConn(c, nil)))
 	if err != nil {
+		var ne net.Error
+		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !(errors.As(err, &ne) && ne.Timeout()) {
+			_, _ = io.WriteString(c, badRequest)
+		}
+		return
+	}
+	loc, err := expandRedirect(template, req)
+	if err != nil {
+		_, _ = io.WriteString(c, badRequest)
 		return
 	}
 	resp := http.Response{
 		StatusCode: http.StatusFound,
 		ProtoMajor: 1, ProtoMinor: 1,
-		Header: http.Header{"Location": {expandRedirect(template, req)}, "Connection": {"close"}},
+		Header: http.Header{"Location": {loc}, "Connection": {"close"}},
 		Close:  true,
 	}
 	_ = resp.Write(c)
 }
+
+const badRequest = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+// maxUnavailable bounds the clients served an unavailable_redirect at once, each with a
+// goroutine for up to the header timeout; beyond it a client is reset, as without a redirect.
+const maxUnavailable = 1024
 
 // release gives back the active count taken by the dial plan.
 func (r *realServer) release(log *slog.Logger, vs string) {
