@@ -45,7 +45,15 @@ type Balancer struct {
 	// source finds the box's own address on a real server's subnet (subnet_originating).
 	source atomic.Pointer[SourceFunc]
 
+	// The loop guard (loopguard.go): the balancer's own sockets towards this box, the box's
+	// addresses and the balancer's VIPs.
+	self       selfConns
+	localFn    atomic.Pointer[LocalFunc]
+	vips       atomic.Pointer[map[netip.Addr]struct{}]
+	loopLogged atomic.Int64 // unix ns of the last loop logged
+
 	unavailable atomic.Int64 // clients being served an unavailable_redirect
+
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
@@ -240,6 +248,7 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 			delete(b.retiring, k)
 		}
 	}
+	b.setVIPs(b.listeners)
 	b.cfg = cfg
 	b.services = services
 	return nil
@@ -262,6 +271,7 @@ func (b *Balancer) predecessor(k listenerKey, want map[listenerKey]*binding) (li
 	}
 	return listenerKey{}, nil
 }
+
 func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 	switch k.kind {
 	case kindUDP:

@@ -22,11 +22,12 @@ const (
 	DropUDPSendFailed                   // the kernel refused to send a datagram
 	DropUDPTooLarge                     // a datagram larger than maxDatagram
 	DropServiceClosed                   // traffic for a service a reload removed
+	DropLoop                            // traffic from the balancer's own socket: a real server leads back to it
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
-	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "udp_too_large", "service_closed",
+	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "udp_too_large", "service_closed", "loop",
 }
 
 func (r DropReason) String() string { return dropReasonNames[r] }

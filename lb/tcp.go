@@ -37,6 +37,7 @@ type tcpConn struct {
 	lastActive, dialDeadline       int64 // unix ns
 	idx                            int   // in lp.conns
 	stopDown                       func() bool
+	self                           netip.AddrPort // the server side's local address, noted by the loop guard
 }
 
 // Sides of a connection, and directions: direction d reads side d and writes the other.
@@ -77,11 +78,17 @@ func (h *direction) pending() bool { return h.end > h.off || h.inPipe > 0 }
 // starve the loop's other connections; the loop continues it next round.
 const roundBudget = 1 << 20
 
-// acceptTCP takes a new client connection onto lp and starts dialling its real server.
-func (b *Balancer) acceptTCP(lp *loop, fd int, client netip.AddrPort, bnd *binding) {
+// acceptTCP takes a new client connection, accepted on a listener at local, onto lp and starts
+// dialling its real server.
+func (b *Balancer) acceptTCP(lp *loop, fd int, client, local netip.AddrPort, bnd *binding) {
 	svc, st := bnd.svc, bnd.svc.stats
 	bnd.accepted.accepted.Add(1)
 	st.accepted.Add(1)
+	if b.tcpLoop(fd, client, local) {
+		b.loopRefused(svc, bnd.port.String(), client)
+		resetFD(fd)
+		return
+	}
 	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied)
 		resetFD(fd)
@@ -113,6 +120,9 @@ func (c *tcpConn) dialNext() {
 			return
 		}
 		fd, err := dialTCP(local, to, c.bnd.svc.cfg.Transparent, c.bnd.svc.cfg.TCPKeepalive)
+		if err == nil && c.b.isLocal(to.Addr()) {
+			c.self = c.b.noteSelf(fd, to)
+		}
 		if err == nil {
 			if err = c.lp.add(fd, connEvents, c, sideServer); err == nil {
 				c.fd[sideServer], c.dialTo, c.dialing = fd, to, true
@@ -124,8 +134,18 @@ func (c *tcpConn) dialNext() {
 				return
 			}
 			sysClose(fd)
+			c.forgetSelf()
 		}
 		c.plan.failed(to, err)
+	}
+}
+
+// forgetSelf takes the server side's address out of the loop guard's table once its socket is
+// closed.
+func (c *tcpConn) forgetSelf() {
+	if c.self.IsValid() {
+		c.b.self.remove(c.self)
+		c.self = netip.AddrPort{}
 	}
 }
 
@@ -134,6 +154,7 @@ func (c *tcpConn) dialFailed(err error) {
 	fd := c.fd[sideServer]
 	c.lp.forget(fd)
 	sysClose(fd)
+	c.forgetSelf()
 	c.fd[sideServer], c.dialing = -1, false
 	c.plan.failed(c.dialTo, err)
 	c.dialNext()
@@ -379,6 +400,7 @@ func (c *tcpConn) close() {
 		}
 		c.fd[side] = -1
 	}
+	c.forgetSelf()
 	for d := range c.dir {
 		h := &c.dir[d]
 		if h.pipe != nil {

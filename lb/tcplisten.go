@@ -213,7 +213,7 @@ func (l *tcpListener) acceptSome(lp *loop) bool {
 		fd, client, err := sysAccept(l.fd)
 		switch err {
 		case 0:
-			l.b.acceptTCP(lp, fd, client, l.cur.Load())
+			l.b.acceptTCP(lp, fd, client, l.key.addr, l.cur.Load())
 		case unix.EINTR, unix.ECONNABORTED:
 		case unix.EAGAIN:
 			return false

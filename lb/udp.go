@@ -55,6 +55,7 @@ type udpSession struct {
 	last     int64       // unix nanoseconds of the last datagram either way
 	stopDown func() bool // close_on_down's watch, if any
 	closed   bool
+	self     netip.AddrPort // the socket's local address, noted by the loop guard
 }
 
 // maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
@@ -320,6 +321,10 @@ func (l *udpListener) forward(lp *loop, n int) {
 // connected socket towards it. It returns nil, counted, when the datagram must be dropped.
 func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) *udpSession {
 	svc, st := bnd.svc, bnd.svc.stats
+	if l.b.udpLoop(client) {
+		l.b.loopRefused(svc, l.key.String(), client)
+		return nil
+	}
 	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied)
 		return nil
@@ -334,8 +339,19 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 	if !ok {
 		return nil
 	}
+	to := svc.cfg.SorryAddrPort(bnd.port)
+	if r != nil {
+		to = r.dialAddr(bnd.port)
+	}
+	var self netip.AddrPort
+	if l.b.isLocal(to.Addr()) {
+		self = l.b.noteSelf(fd, to) // before the first datagram leaves (loopguard.go)
+	}
 	reject := func(reason DropReason) *udpSession {
 		unix.Close(fd)
+		if self.IsValid() {
+			l.b.self.remove(self)
+		}
 		if r != nil {
 			r.active.Add(-1)
 		}
@@ -352,7 +368,7 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 		l.mu.Unlock()
 		return reject(DropUDPTableFull)
 	}
-	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now}
+	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, self: self}
 	if err := lp.add(fd, unix.EPOLLIN, s, 0); err != nil {
 		l.mu.Unlock()
 		l.b.log.Warn("udp session dropped", "virtual_service", svc.cfg.Name, "err", err)
@@ -429,6 +445,9 @@ func (s *udpSession) close() {
 	l, st := s.l, s.svc.stats
 	l.lp.forget(s.fd)
 	unix.Close(s.fd)
+	if s.self.IsValid() {
+		l.b.self.remove(s.self)
+	}
 	if s.stopDown != nil {
 		s.stopDown()
 	}
