@@ -45,6 +45,8 @@ type adminState struct {
 	token atomic.Pointer[[]byte] // nil: no token required
 	ready atomic.Bool            // serving: run has started and its context has not ended
 	addr  netip.AddrPort         // where the listener is bound; guarded by daemon.mu
+	// listeners are open from listenAdmin until startAdmin serves them; guarded by daemon.mu.
+	listeners []net.Listener
 }
 
 // readAdminToken reads the bearer token of cfg's global.admin_token_file; none is nil. A
@@ -88,48 +90,79 @@ func (d *daemon) setAdminToken(cfg *config.Config, tok []byte) {
 	}
 }
 
-// startAdmin opens the admin listener and serves it until the returned stop is called. It is
-// stopped after the balancer has drained, not when ctx ends, so that during the drain /readyz
-// answers 503 and the status still shows the connections that are closing. ready follows ctx.
-func (d *daemon) startAdmin(ctx context.Context) (stop func(), err error) {
+// listenAdmin opens the admin listeners: global.admin and, in a pair, this node's address
+// for the peer. newDaemon opens them before the balancer opens any listener, so that a taken
+// admin address stops pairlb at once, naming the address, before it has served anything.
+func (d *daemon) listenAdmin() error {
 	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.admin.listeners != nil {
+		return nil
+	}
 	addr := d.cfg.Global.Admin
-	d.mu.Unlock()
 	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr.String())
+	ln, err := lc.Listen(context.Background(), "tcp", addr.String())
 	if err != nil {
-		return func() {}, fmt.Errorf("admin listener (global.admin): %w", err)
+		return fmt.Errorf("admin listener (global.admin %s): %w", addr, err)
 	}
 	listeners := []net.Listener{ln}
 	// The pair peer reaches this node's API on its own address (pair.nodes[].admin), so
 	// global.admin can stay on loopback rather than listen on every VIP.
 	if pa := pairAdminAddr(d.cfg); pa.IsValid() && pa != addr && !covers(addr, pa) {
-		pln, err := lc.Listen(ctx, "tcp", pa.String())
+		pln, err := lc.Listen(context.Background(), "tcp", pa.String())
 		if err != nil {
 			ln.Close()
-			return func() {}, fmt.Errorf("admin listener for the pair peer (pair.nodes[].admin): %w", err)
+			return fmt.Errorf("admin listener for the pair peer (pair.nodes[].admin %s): %w", pa, err)
 		}
 		listeners = append(listeners, pln)
 		if d.admin.token.Load() == nil {
 			d.log.Warn("the admin API listens for the pair peer without a token; set global.admin_token_file", "addr", pa.String())
 		}
 	}
-	d.mu.Lock()
 	d.admin.addr = addr
+	d.admin.listeners = listeners
+	return nil
+}
+
+// closeAdmin closes admin listeners that were opened but never served (newDaemon failed).
+func (d *daemon) closeAdmin() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.admin.listeners {
+		l.Close()
+	}
+	d.admin.listeners = nil
+}
+
+// adminMaxConns bounds the admin server's connections, as the redirector's: a browser opens six
+// per tab, Prometheus, the peer and keepalived's checks one or two each. Beyond it, new
+// connections wait in the kernel's accept queue until a place frees.
+const adminMaxConns = 128
+
+// startAdmin serves the admin listeners (opening them if newDaemon did not) until the returned
+// stop is called. It is stopped after the balancer has drained, not when ctx ends, so that
+// during the drain /readyz answers 503 and the status still shows the connections that are
+// closing. ready follows ctx.
+func (d *daemon) startAdmin(ctx context.Context) (stop func(), err error) {
+	if err := d.listenAdmin(); err != nil {
+		return func() {}, err
+	}
+	d.mu.Lock()
+	listeners := d.admin.listeners
+	d.admin.listeners = nil
 	d.mu.Unlock()
 
-	srv := &http.Server{
-		Handler:           d.adminHandler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
-	}
+	// The bounds the redirector keeps (lb.NewHTTPServer): small headers, a header timeout, an
+	// error log on slog that a client cannot flood. No write timeout: a pprof profile or trace
+	// takes its time.
+	srv := lb.NewHTTPServer(d.adminHandler(), d.log, "admin")
+	srv.IdleTimeout = 2 * time.Minute
 	var serving sync.WaitGroup
 	for _, l := range listeners {
 		serving.Add(1)
 		go func() {
 			defer serving.Done()
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(lb.LimitListener(l, adminMaxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("admin server stopped", "addr", l.Addr().String(), "err", err)
 			}
 		}()

@@ -53,13 +53,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	// The SIGHUP loop ends with run, whether a signal or run itself (an admin listener that
+	// cannot open) ends it.
+	hupCtx, hupDone := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-hupCtx.Done():
 				return
 			case <-hup:
 				_ = d.reload()
@@ -67,6 +70,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 	}()
 	err = d.run(ctx)
+	hupDone()
 	wg.Wait()
 	if err != nil {
 		log.Error("stopped with error", "err", err)
@@ -137,7 +141,14 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 		log.Info("routing off: no CAP_NET_ADMIN and no virtual service that needs it")
 	}
 	d.lb.SetSourceFunc(d.subnetSource)
+	if err := d.listenAdmin(); err != nil { // before any VIP listener: see listenAdmin
+		if d.routes != nil {
+			_ = d.routes.Close()
+		}
+		return nil, err
+	}
 	if err := d.apply(cfg); err != nil {
+		d.closeAdmin()
 		if d.routes != nil {
 			_ = d.routes.Close()
 		}
@@ -185,7 +196,8 @@ func (d *daemon) restoreRoutes() {
 
 // run serves until ctx ends, then stops gracefully and removes the kernel state it made. The
 // admin server runs until the balancer has drained. A daemon whose admin listener cannot open
-// stops at once and returns that error: it could be neither watched nor steered.
+// (newDaemon opens it, so only when run is given a daemon that did not) stops at once and
+// returns that error: it could be neither watched nor steered.
 func (d *daemon) run(ctx context.Context) error {
 	stopAdmin, adminErr := d.startAdmin(ctx)
 	if adminErr != nil {
