@@ -141,6 +141,7 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 		log.Info("routing off: no CAP_NET_ADMIN and no virtual service that needs it")
 	}
 	d.lb.SetSourceFunc(d.subnetSource)
+	d.lb.SetLocalFunc(d.localAddr)
 	if err := d.listenAdmin(); err != nil { // before any VIP listener: see listenAdmin
 		if d.routes != nil {
 			_ = d.routes.Close()
@@ -306,6 +307,24 @@ func (d *daemon) updateSources(cfg *config.Config) {
 		src := routing.NewSources(cfg, *l)
 		d.sources.Store(&src)
 	}
+}
+
+// localAddr reports whether a is one of the box's addresses, by the latest links snapshot
+// (the balancer's loop guard asks it for every new connection; loopback and the VIPs it
+// knows itself).
+func (d *daemon) localAddr(a netip.Addr) bool {
+	l := d.links.Load()
+	if l == nil {
+		return false
+	}
+	for _, link := range *l {
+		for _, p := range link.Addrs {
+			if p.Addr().Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // subnetSource is the box's own address on dst's subnet (subnet_originating). It runs for
