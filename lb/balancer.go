@@ -45,6 +45,15 @@ type Balancer struct {
 	// source finds the box's own address on a real server's subnet (subnet_originating).
 	source atomic.Pointer[SourceFunc]
 
+	// The loop guard (loopguard.go): the balancer's own sockets towards this box, the box's
+	// addresses and the balancer's VIPs.
+	self       selfConns
+	localFn    atomic.Pointer[LocalFunc]
+	vips       atomic.Pointer[map[netip.Addr]struct{}]
+	loopLogged atomic.Int64 // unix ns of the last loop logged
+
+	unavailable atomic.Int64 // clients being served an unavailable_redirect
+
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
@@ -164,26 +173,16 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 		}
 	}
 
-	// A listener that changes kind on the same address must release the address before its
-	// successor can bind it.
-	for k, l := range b.listeners {
-		if want[k] != nil {
-			continue
-		}
-		for wk := range want {
-			if wk.addr == k.addr && sameSocket(k, wk) {
-				l.abort() // the successor needs the address now
-				delete(b.listeners, k)
-				break
-			}
-		}
-	}
-
 	// Open every new socket before changing anything, so that a failure leaves the running
-	// configuration as it was. A removed UDP listener still draining its sessions is taken
-	// back instead of opening a second socket on its address.
+	// configuration as it was: every socket, listener and session. A removed UDP listener still
+	// draining its sessions is taken back instead of opening a second socket on its address. A
+	// listener that changes kind on the same address (TCP to redirector or back) gets a
+	// duplicate of the running listener's socket rather than a socket of its own: nothing is
+	// closed before the switch, and the connections queued in the backlog stay queued for the
+	// successor instead of being reset.
 	opened := map[listenerKey]listener{}
 	revived := map[listenerKey]*udpListener{}
+	handedOver := map[listenerKey]bool{} // running listeners whose socket a successor shares
 	for k, bnd := range want {
 		if _, ok := b.listeners[k]; ok {
 			continue
@@ -192,8 +191,17 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 			revived[k] = u
 			continue
 		}
-		l, err := b.open(k, bnd)
+		var l listener
+		var err error
+		if pk, prev := b.predecessor(k, want); prev != nil {
+			l, err = b.adopt(k, prev)
+			handedOver[pk] = true
+		} else {
+			l, err = b.open(k, bnd)
+		}
 		if err != nil {
+			// Only what this reload opened is closed: a duplicated socket's original stays
+			// with the running listener.
 			for _, o := range opened {
 				o.abort()
 			}
@@ -205,12 +213,22 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 		opened[k] = l
 	}
 
+	for _, svc := range services {
+		svc.commit()
+	}
 	for k, l := range b.listeners {
 		if bnd, ok := want[k]; ok {
 			l.rebind(bnd)
 			continue
 		}
-		b.log.Info("listener removed", "listener", k.String())
+		if handedOver[k] {
+			b.log.Info("listener changes kind", "listener", k.String())
+			if t, ok := l.(*tcpListener); ok {
+				t.handOver()
+			}
+		} else {
+			b.log.Info("listener removed", "listener", k.String())
+		}
 		l.retire()
 		if u, ok := l.(*udpListener); ok {
 			b.retiring[k] = u
@@ -233,6 +251,7 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 			delete(b.retiring, k)
 		}
 	}
+	b.setVIPs(b.listeners)
 	b.cfg = cfg
 	b.services = services
 	return nil
@@ -243,6 +262,17 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 func sameSocket(a, b listenerKey) bool {
 	tcpish := func(k listenerKind) bool { return k == kindTCP || k == kindRedirect }
 	return tcpish(a.kind) && tcpish(b.kind)
+}
+
+// predecessor returns the running listener whose socket the new listener k must take over: one
+// of the other TCP kind on the same address that the new configuration no longer wants.
+func (b *Balancer) predecessor(k listenerKey, want map[listenerKey]*binding) (listenerKey, listener) {
+	for pk, l := range b.listeners {
+		if pk != k && pk.addr == k.addr && sameSocket(pk, k) && want[pk] == nil {
+			return pk, l
+		}
+	}
+	return listenerKey{}, nil
 }
 
 func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
@@ -256,26 +286,46 @@ func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
 		lp := b.loops[b.udpListeners%len(b.loops)]
 		b.udpListeners++
 		return newUDPListener(b, k, lp, fd), nil
-	case kindRedirect:
-		// The same socket as a forwarding listener's, served by net/http.
-		fd, err := listenTCP(k.addr)
-		if err != nil {
-			return nil, err
-		}
-		f := os.NewFile(uintptr(fd), k.String())
-		ln, err := net.FileListener(f) // a duplicate of fd
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: %w", k, err)
-		}
-		return newRedirectListener(b, ln), nil
 	default:
 		fd, err := listenTCP(k.addr)
 		if err != nil {
 			return nil, err
 		}
+		return b.tcpKind(k, fd, false)
+	}
+}
+
+// adopt makes listener k on a duplicate of prev's listening socket.
+func (b *Balancer) adopt(k listenerKey, prev listener) (listener, error) {
+	var fd int
+	var err error
+	switch p := prev.(type) {
+	case *tcpListener:
+		fd, err = p.dup()
+	case *redirectListener:
+		fd, err = p.dup()
+	default:
+		return nil, fmt.Errorf("listener %s: no socket to take over", k)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("taking over the listening socket of %s: %w", k, err)
+	}
+	return b.tcpKind(k, fd, true)
+}
+
+// tcpKind makes a listener of kind k on listening socket fd, which it then owns.
+func (b *Balancer) tcpKind(k listenerKey, fd int, adopted bool) (listener, error) {
+	if k.kind != kindRedirect {
 		return &tcpListener{b: b, key: k, fd: fd}, nil
 	}
+	// The same socket as a forwarding listener's, served by net/http.
+	f := os.NewFile(uintptr(fd), k.String())
+	ln, err := net.FileListener(f) // a duplicate of fd
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", k, err)
+	}
+	return newRedirectListener(b, k, ln, adopted), nil
 }
 
 // Run owns the balancer's lifetime: it does the periodic housekeeping and, when ctx ends, stops

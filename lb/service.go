@@ -24,12 +24,13 @@ const (
 	DropServiceClosed                        // traffic for a service a reload removed
 	DropUDPReceiveOverflow                   // datagrams the kernel dropped on a full receive queue, before pairlb read them
 	DropLocalError                           // the box could not carry it (an epoll set refused the socket: memory)
+	DropLoop                                 // traffic from the balancer's own socket: a real server leads back to it
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
 	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "udp_too_large", "service_closed",
-	"udp_receive_overflow", "local_error",
+	"udp_receive_overflow", "local_error", "loop",
 }
 
 func (r DropReason) String() string { return dropReasonNames[r] }
@@ -66,6 +67,18 @@ type service struct {
 	stats   *serviceStats
 
 	nextSource atomic.Uint32 // round robin over cfg.SourceAddresses
+
+	// onCommit changes the real servers this service shares with the running one; Apply runs
+	// it once the reload is accepted, so that a rejected reload leaves them as they were.
+	onCommit []func()
+}
+
+// commit makes the changes newService left for the reload's success.
+func (s *service) commit() {
+	for _, f := range s.onCommit {
+		f()
+	}
+	s.onCommit = nil
 }
 
 func newService(vs config.VirtualService, g *config.Global, old *service) *service {
@@ -82,20 +95,32 @@ func newService(vs config.VirtualService, g *config.Global, old *service) *servi
 		if old != nil {
 			r = old.byKey[key]
 		}
+		shared := r != nil
 		if r == nil {
 			r = &realServer{key: key, addr: rc.Address, port: rc.Port, seed: hashString(key)}
 			r.setUp(vs.Health.Type == config.HealthNone || vs.Health.InitialUp)
 		}
+		state := State(-1)
 		// The file's enabled: false wins; otherwise a run-time state set through the API stays.
 		if !rc.Enabled {
-			r.setState(Disabled)
+			state = Disabled
 		} else if old == nil || old.byKey[key] == nil || old.fileDisabled(key) {
-			r.setState(Enabled)
+			state = Enabled
 		}
-		if vs.Health.Type == config.HealthNone {
-			r.setUp(true)
+		set := func() {
+			if state >= 0 {
+				r.setState(state)
+			}
+			if vs.Health.Type == config.HealthNone {
+				r.setUp(true)
+			}
+			r.weight.Store(int32(rc.Weight))
 		}
-		r.weight.Store(int32(rc.Weight))
+		if shared {
+			s.onCommit = append(s.onCommit, set)
+		} else {
+			set()
+		}
 		s.servers = append(s.servers, r)
 		s.byKey[key] = r
 	}

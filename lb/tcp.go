@@ -3,6 +3,7 @@ package lb
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,6 +37,7 @@ type tcpConn struct {
 	lastActive, dialDeadline       int64 // unix ns
 	idx                            int   // in lp.conns
 	stopDown                       func() bool
+	self                           netip.AddrPort // the server side's local address, noted by the loop guard
 }
 
 // Sides of a connection, and directions: direction d reads side d and writes the other.
@@ -76,11 +78,17 @@ func (h *direction) pending() bool { return h.end > h.off || h.inPipe > 0 }
 // starve the loop's other connections; the loop continues it next round.
 const roundBudget = 1 << 20
 
-// acceptTCP takes a new client connection onto lp and starts dialling its real server.
-func (b *Balancer) acceptTCP(lp *loop, fd int, client netip.AddrPort, bnd *binding) {
+// acceptTCP takes a new client connection, accepted on a listener at local, onto lp and starts
+// dialling its real server.
+func (b *Balancer) acceptTCP(lp *loop, fd int, client, local netip.AddrPort, bnd *binding) {
 	svc, st := bnd.svc, bnd.svc.stats
 	bnd.accepted.accepted.Add(1)
 	st.accepted.Add(1)
+	if b.tcpLoop(fd, client, local) {
+		b.loopRefused(svc, bnd.port.String(), client)
+		resetFD(fd)
+		return
+	}
 	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied)
 		resetFD(fd)
@@ -115,6 +123,9 @@ func (c *tcpConn) dialNext() {
 			return
 		}
 		fd, err := dialTCP(local, to, c.bnd.svc.cfg.Transparent, c.bnd.svc.cfg.TCPKeepalive)
+		if err == nil && c.b.isLocal(to.Addr()) {
+			c.self = c.b.noteSelf(fd, to)
+		}
 		if err == nil {
 			if err = c.lp.add(fd, connEvents, c, sideServer); err == nil {
 				c.fd[sideServer], c.dialTo, c.dialing = fd, to, true
@@ -126,8 +137,18 @@ func (c *tcpConn) dialNext() {
 				return
 			}
 			sysClose(fd)
+			c.forgetSelf()
 		}
 		c.plan.failed(to, err)
+	}
+}
+
+// forgetSelf takes the server side's address out of the loop guard's table once its socket is
+// closed.
+func (c *tcpConn) forgetSelf() {
+	if c.self.IsValid() {
+		c.b.self.remove(c.self)
+		c.self = netip.AddrPort{}
 	}
 }
 
@@ -136,6 +157,7 @@ func (c *tcpConn) dialFailed(err error) {
 	fd := c.fd[sideServer]
 	c.lp.forget(fd)
 	sysClose(fd)
+	c.forgetSelf()
 	c.fd[sideServer], c.dialing = -1, false
 	c.plan.failed(c.dialTo, err)
 	c.dialNext()
@@ -156,14 +178,21 @@ func (c *tcpConn) unavailable() {
 	nc, err := net.FileConn(f)
 	f.Close()
 	c.fd[sideClient] = -1
-	if tc, ok := nc.(*net.TCPConn); ok && err == nil {
+	switch {
+	case err != nil:
+	case c.b.unavailable.Add(1) > maxUnavailable:
+		c.b.unavailable.Add(-1)
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		nc.Close()
+	default:
 		c.b.connWG.Add(1)
 		go func() {
 			defer c.b.connWG.Done()
-			serveUnavailable(tc, redirect)
+			defer c.b.unavailable.Add(-1)
+			serveUnavailable(nc, redirect)
 		}()
-	} else if nc != nil {
-		nc.Close()
 	}
 	c.close()
 }
@@ -374,6 +403,7 @@ func (c *tcpConn) close() {
 		}
 		c.fd[side] = -1
 	}
+	c.forgetSelf()
 	for d := range c.dir {
 		h := &c.dir[d]
 		if h.pipe != nil {
@@ -485,22 +515,38 @@ func resetFD(fd int) {
 }
 
 // serveUnavailable answers an HTTP client with a redirect when the service has no server: the
-// appliance's "Not Available Redirection".
-func serveUnavailable(c *net.TCPConn, template string) {
+// appliance's "Not Available Redirection". It reads one request within the redirector's
+// bounds: the header timeout and a budget of bytes and lines.
+func serveUnavailable(c net.Conn, template string) {
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	req, err := http.ReadRequest(bufio.NewReader(io.LimitReader(c, 64<<10)))
+	_ = c.SetDeadline(time.Now().Add(httpReadHeaderTimeout))
+	req, err := http.ReadRequest(bufio.NewReader(newBudgetConn(c, nil)))
 	if err != nil {
+		var ne net.Error
+		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !(errors.As(err, &ne) && ne.Timeout()) {
+			_, _ = io.WriteString(c, badRequest)
+		}
+		return
+	}
+	loc, err := expandRedirect(template, req)
+	if err != nil {
+		_, _ = io.WriteString(c, badRequest)
 		return
 	}
 	resp := http.Response{
 		StatusCode: http.StatusFound,
 		ProtoMajor: 1, ProtoMinor: 1,
-		Header: http.Header{"Location": {expandRedirect(template, req)}, "Connection": {"close"}},
+		Header: http.Header{"Location": {loc}, "Connection": {"close"}},
 		Close:  true,
 	}
 	_ = resp.Write(c)
 }
+
+const badRequest = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+// maxUnavailable bounds the clients served an unavailable_redirect at once, each with a
+// goroutine for up to the header timeout; beyond it a client is reset, as without a redirect.
+const maxUnavailable = 1024
 
 // release gives back the active count taken by the dial plan.
 func (r *realServer) release(log *slog.Logger, vs string) {

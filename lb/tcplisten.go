@@ -2,6 +2,7 @@ package lb
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -25,7 +26,8 @@ type tcpListener struct {
 	started  bool
 	closed   bool
 	retired  bool
-	watching int // loops that have not yet stopped watching after retire
+	handed   bool // a successor of another kind shares the socket and serves its backlog
+	watching int  // loops that have not yet stopped watching after retire
 	finished sync.Once
 }
 
@@ -135,8 +137,11 @@ func (l *tcpListener) unwatch(lp *loop) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.closed {
-		for l.acceptSome(lp) {
+		for !l.handed && l.acceptSome(lp) {
 		}
+		// Out of the epoll set before the close: while a successor holds a duplicate, closing
+		// would not take the socket out of the set, and the loop would wake for connections
+		// it no longer accepts.
 		lp.remove(l.fd)
 	}
 	l.watching--
@@ -145,15 +150,40 @@ func (l *tcpListener) unwatch(lp *loop) {
 	}
 }
 
-// abort closes the socket now: a successor needs the address.
+// abort closes the socket now: the balancer stops, or the reload that opened it failed.
 func (l *tcpListener) abort() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if !l.closed {
+		// Out of every epoll set first (epoll_ctl may be called from any thread): a successor's
+		// duplicate may keep the socket alive, and a closed descriptor can no longer be removed.
+		for _, lp := range l.b.loops {
+			_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, l.fd, nil)
+		}
+	}
 	l.closeLocked()
 	for _, lp := range l.b.loops {
 		fd := l.fd
 		lp.post(func() { lp.forgetIf(fd, l) })
 	}
+}
+
+// handOver tells a listener about to retire that a successor of the other kind shares its
+// socket: the successor serves the backlog, so the listener stops without draining it.
+func (l *tcpListener) handOver() {
+	l.mu.Lock()
+	l.handed = true
+	l.mu.Unlock()
+}
+
+// dup returns a duplicate of the listening socket, for a successor of another kind.
+func (l *tcpListener) dup() (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return -1, net.ErrClosed
+	}
+	return unix.FcntlInt(uintptr(l.fd), unix.F_DUPFD_CLOEXEC, 0)
 }
 
 func (l *tcpListener) closeLocked() {
@@ -169,7 +199,9 @@ func (l *tcpListener) closeLocked() {
 func (l *tcpListener) handle(lp *loop, _ int8, _ uint32) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.closed {
+	// Once retired, the listener accepts only in unwatch, and not at all when a successor has
+	// its socket.
+	if !l.closed && !l.retired {
 		l.acceptSome(lp)
 	}
 }
@@ -181,7 +213,7 @@ func (l *tcpListener) acceptSome(lp *loop) bool {
 		fd, client, err := sysAccept(l.fd)
 		switch err {
 		case 0:
-			l.b.acceptTCP(lp, fd, client, l.cur.Load())
+			l.b.acceptTCP(lp, fd, client, l.key.addr, l.cur.Load())
 		case unix.EINTR, unix.ECONNABORTED:
 		case unix.EAGAIN:
 			return false

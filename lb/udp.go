@@ -68,6 +68,7 @@ type udpSession struct {
 	rxqDrops uint32 // the socket's count of dropped datagrams when last read (SO_RXQ_OVFL)
 
 	older, newer *udpSession // the listener's list by last activity
+	self     netip.AddrPort // the socket's local address, noted by the loop guard
 }
 
 // maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
@@ -497,6 +498,10 @@ func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
 // connected socket towards it. It returns nil, counted, when the datagram must be dropped.
 func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) *udpSession {
 	svc, st := bnd.svc, bnd.svc.stats
+	if l.b.udpLoop(client) {
+		l.b.loopRefused(svc, l.key.String(), client)
+		return nil
+	}
 	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied)
 		return nil
@@ -519,8 +524,19 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 // table has filled meanwhile (if bounded) or the loop cannot watch the socket.
 func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int, r *realServer, bounded bool) *udpSession {
 	svc, st := bnd.svc, bnd.svc.stats
+	to := svc.cfg.SorryAddrPort(bnd.port)
+	if r != nil {
+		to = r.dialAddr(bnd.port)
+	}
+	var self netip.AddrPort
+	if l.b.isLocal(to.Addr()) {
+		self = l.b.noteSelf(fd, to) // before the first datagram leaves (loopguard.go)
+	}
 	reject := func(reason DropReason) *udpSession {
 		unix.Close(fd)
+		if self.IsValid() {
+			l.b.self.remove(self)
+		}
 		if r != nil {
 			r.release(l.b.log, svc.cfg.Name)
 		}
@@ -537,7 +553,7 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 		l.mu.Unlock()
 		return reject(DropUDPTableFull)
 	}
-	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, checked: lp.now}
+	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, checked: lp.now, self: self}
 	if err := lp.add(fd, unix.EPOLLIN, s, 0); err != nil {
 		l.mu.Unlock()
 		if k, ok := st.logs.allow(logUDPSessionDropped, lp.now); ok {
@@ -641,6 +657,9 @@ func (s *udpSession) end() {
 	l, st := s.l, s.svc.stats
 	l.lp.forget(s.fd)
 	unix.Close(s.fd)
+	if s.self.IsValid() {
+		l.b.self.remove(s.self)
+	}
 	if s.stopDown != nil {
 		s.stopDown()
 	}

@@ -9,6 +9,12 @@ package main
 // except GET /healthz and GET /readyz (they say only "ok", "ready" or why not, and keepalived's track
 // script calls /readyz with a plain curl) and the static status page at / and /ui/ (which holds
 // no data: it asks for the token and sends it with each API call).
+//
+// Host rule (DNS rebinding): a page in a browser that can reach the admin address could
+// otherwise read and change state through a name of its own that resolves to that address. A
+// request is answered only when its Host is an IP address, localhost or a name under
+// .localhost, a name /etc/hosts maps to loopback, or a name in global.admin_hosts; anything else
+// gets 421 Misdirected Request on every endpoint, token or not.
 
 import (
 	"bytes"
@@ -18,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -28,6 +35,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -49,6 +57,9 @@ type adminState struct {
 	// about to: connections queue in the kernel until its loops run).
 	checked atomic.Bool
 	addr    netip.AddrPort // where the listener is bound; guarded by daemon.mu
+	hosts   atomic.Pointer[map[string]bool]
+	// listeners are open from listenAdmin until startAdmin serves them; guarded by daemon.mu.
+	listeners []net.Listener
 }
 
 // readAdminToken reads the bearer token of cfg's global.admin_token_file; none is nil. A
@@ -83,6 +94,7 @@ func (d *daemon) setAdminToken(cfg *config.Config, tok []byte) {
 	} else {
 		d.admin.token.Store(&tok)
 	}
+	d.setAdminHosts(cfg)
 	if fi, err := os.Stat(cfg.Global.AdminTokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		d.log.Warn("the admin token file is readable by group or others", "file", cfg.Global.AdminTokenFile, "mode", fi.Mode().Perm().String())
 	}
@@ -92,48 +104,79 @@ func (d *daemon) setAdminToken(cfg *config.Config, tok []byte) {
 	}
 }
 
-// startAdmin opens the admin listener and serves it until the returned stop is called. It is
-// stopped after the balancer has drained, not when ctx ends, so that during the drain /readyz
-// answers 503 and the status still shows the connections that are closing. ready follows ctx.
-func (d *daemon) startAdmin(ctx context.Context) (stop func(), err error) {
+// listenAdmin opens the admin listeners: global.admin and, in a pair, this node's address
+// for the peer. newDaemon opens them before the balancer opens any listener, so that a taken
+// admin address stops pairlb at once, naming the address, before it has served anything.
+func (d *daemon) listenAdmin() error {
 	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.admin.listeners != nil {
+		return nil
+	}
 	addr := d.cfg.Global.Admin
-	d.mu.Unlock()
 	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr.String())
+	ln, err := lc.Listen(context.Background(), "tcp", addr.String())
 	if err != nil {
-		return func() {}, fmt.Errorf("admin listener (global.admin): %w", err)
+		return fmt.Errorf("admin listener (global.admin %s): %w", addr, err)
 	}
 	listeners := []net.Listener{ln}
 	// The pair peer reaches this node's API on its own address (pair.nodes[].admin), so
 	// global.admin can stay on loopback rather than listen on every VIP.
 	if pa := pairAdminAddr(d.cfg); pa.IsValid() && pa != addr && !covers(addr, pa) {
-		pln, err := lc.Listen(ctx, "tcp", pa.String())
+		pln, err := lc.Listen(context.Background(), "tcp", pa.String())
 		if err != nil {
 			ln.Close()
-			return func() {}, fmt.Errorf("admin listener for the pair peer (pair.nodes[].admin): %w", err)
+			return fmt.Errorf("admin listener for the pair peer (pair.nodes[].admin %s): %w", pa, err)
 		}
 		listeners = append(listeners, pln)
 		if d.admin.token.Load() == nil {
 			d.log.Warn("the admin API listens for the pair peer without a token; set global.admin_token_file", "addr", pa.String())
 		}
 	}
-	d.mu.Lock()
 	d.admin.addr = addr
+	d.admin.listeners = listeners
+	return nil
+}
+
+// closeAdmin closes admin listeners that were opened but never served (newDaemon failed).
+func (d *daemon) closeAdmin() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.admin.listeners {
+		l.Close()
+	}
+	d.admin.listeners = nil
+}
+
+// adminMaxConns bounds the admin server's connections, as the redirector's: a browser opens six
+// per tab, Prometheus, the peer and keepalived's checks one or two each. Beyond it, new
+// connections wait in the kernel's accept queue until a place frees.
+const adminMaxConns = 128
+
+// startAdmin serves the admin listeners (opening them if newDaemon did not) until the returned
+// stop is called. It is stopped after the balancer has drained, not when ctx ends, so that
+// during the drain /readyz answers 503 and the status still shows the connections that are
+// closing. ready follows ctx.
+func (d *daemon) startAdmin(ctx context.Context) (stop func(), err error) {
+	if err := d.listenAdmin(); err != nil {
+		return func() {}, err
+	}
+	d.mu.Lock()
+	listeners := d.admin.listeners
+	d.admin.listeners = nil
 	d.mu.Unlock()
 
-	srv := &http.Server{
-		Handler:           d.adminHandler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
-	}
+	// The bounds the redirector keeps (lb.NewHTTPServer): small headers, a header timeout, an
+	// error log on slog that a client cannot flood. No write timeout: a pprof profile or trace
+	// takes its time.
+	srv := lb.NewHTTPServer(d.adminHandler(), d.log, "admin")
+	srv.IdleTimeout = 2 * time.Minute
 	var serving sync.WaitGroup
 	for _, l := range listeners {
 		serving.Add(1)
 		go func() {
 			defer serving.Done()
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(lb.LimitListener(l, adminMaxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("admin server stopped", "addr", l.Addr().String(), "err", err)
 			}
 		}()
@@ -224,8 +267,105 @@ func (d *daemon) adminHandler() http.Handler {
 	mux.Handle("/debug/pprof/trace", auth(http.HandlerFunc(pprof.Trace)))
 
 	// Browsers may not POST here from another origin: without a token, a page elsewhere could
-	// otherwise drain servers through an operator's browser.
-	return http.NewCrossOriginProtection().Handler(mux)
+	// otherwise drain servers through an operator's browser. Nor may a page reach the API by a
+	// name of its own (checkHost).
+	return d.checkHost(http.NewCrossOriginProtection().Handler(mux))
+}
+
+// checkHost answers 421 to a request whose Host is not one of this API's (see the Host rule
+// at the top of the file), before anything else looks at it.
+func (d *daemon) checkHost(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !d.hostAllowed(r.Host) {
+			writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf(
+				"host %q is not this admin API's: use its IP address, localhost, or a name listed in global.admin_hosts", r.Host))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// hostAllowed applies the Host rule. A rebinding attack needs a name of its own, so every IP
+// address passes; names pass only when they are the box's own by /etc/hosts or the file.
+func (d *daemon) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")), ".")
+	if host == "" {
+		return false
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	names := d.admin.hosts.Load()
+	return names != nil && (*names)[host]
+}
+
+// hostsFile is where the names that map to loopback are read; a variable for the tests.
+var hostsFile = "/etc/hosts"
+
+// maxHostsFile bounds what is read of it.
+const maxHostsFile = 1 << 20
+
+// setAdminHosts makes the names the admin API accepts: global.admin_hosts and the names
+// hostsFile maps to loopback, read now (at start and on every reload). It never resolves a
+// name: a rebinding name does resolve to 127.0.0.1, that is the attack.
+func (d *daemon) setAdminHosts(cfg *config.Config) {
+	names := map[string]bool{}
+	for _, h := range cfg.Global.AdminHosts {
+		names[strings.TrimSuffix(strings.ToLower(h), ".")] = true
+	}
+	loop, err := loopbackNames(hostsFile)
+	if err != nil {
+		d.log.Warn("the admin API accepts no name from the hosts file", "file", hostsFile, "err", err)
+	}
+	for _, n := range loop {
+		names[n] = true
+	}
+	d.admin.hosts.Store(&names)
+}
+
+// loopbackNames returns the names a hosts file maps to a loopback address. A missing file has
+// none; one that is not a regular file or is larger than maxHostsFile is refused.
+func loopbackNames(path string) ([]string, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO must not block
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("reading %s: not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxHostsFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if len(b) > maxHostsFile {
+		return nil, fmt.Errorf("reading %s: larger than %d bytes", path, maxHostsFile)
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		fields := strings.Fields(line)
+		if len(fields) < 2 {
+			continue
+		}
+		if a, err := netip.ParseAddr(fields[0]); err != nil || !a.Unmap().IsLoopback() {
+			continue
+		}
+		for _, n := range fields[1:] {
+			names = append(names, strings.TrimSuffix(strings.ToLower(n), "."))
+		}
+	}
+	return names, nil
 }
 
 // requireToken answers 401 unless the request carries the configured bearer token.

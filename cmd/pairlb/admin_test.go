@@ -510,6 +510,8 @@ func TestReadyzDuringDrain(t *testing.T) {
 	}
 }
 
+// TestAdminListenerTaken: a daemon whose admin address is taken fails to start, naming the
+// address, before it opens any VIP listener; the VIP's port stays free.
 func TestAdminListenerTaken(t *testing.T) {
 	dir := t.TempDir()
 	head, addr := adminHead(t, dir, "")
@@ -519,23 +521,23 @@ func TestAdminListenerTaken(t *testing.T) {
 	}
 	defer ln.Close()
 	file := filepath.Join(dir, "pairlb.yaml")
-	if err := os.WriteFile(file, []byte(head+serviceYAML("web", freeTCPPort(t), echoServer(t, "a"))), 0o644); err != nil {
+	vip := freeTCPPort(t)
+	if err := os.WriteFile(file, []byte(head+serviceYAML("web", vip, echoServer(t, "a"))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d, err := newDaemon(slog.New(slog.DiscardHandler), file)
+	if err == nil {
+		d.closeAdmin()
+		t.Fatal("newDaemon succeeded with its admin address taken")
+	}
+	if !strings.Contains(err.Error(), "global.admin "+addr) {
+		t.Errorf("the error does not name global.admin and %s: %v", addr, err)
+	}
+	vl, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", vip))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the VIP port is held after the failed start: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- d.run(context.Background()) }()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "global.admin") {
-			t.Errorf("run with the admin port taken: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not stop although its admin listener could not open")
-	}
+	vl.Close()
 }
 
 // TestGrafanaDashboardMetrics: every pairlb metric the dashboard in deploy/ queries is one the

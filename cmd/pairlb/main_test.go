@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -235,5 +236,55 @@ func TestValidate(t *testing.T) {
 		if !strings.Contains(errOut.String(), want) {
 			t.Errorf("errors do not mention %q:\n%s", want, errOut.String())
 		}
+	}
+}
+
+// TestRunExitsWhenAListenerCannotOpen: with the admin address or a VIP port already taken,
+// `pairlb run` used to close its listeners and hang, silent, until SIGTERM. It must exit 1 at
+// once with a message naming the address.
+func TestRunExitsWhenAListenerCannotOpen(t *testing.T) {
+	bin := buildPairlb(t)
+	be := echoServer(t, "fe1")
+	for _, taken := range []string{"admin", "vip"} {
+		t.Run(taken, func(t *testing.T) {
+			busy, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer busy.Close()
+			admin, vip := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t)), freeTCPPort(t)
+			if taken == "admin" {
+				admin = busy.Addr().String()
+			} else {
+				vip = busy.Addr().(*net.TCPAddr).Port
+			}
+			file := filepath.Join(t.TempDir(), "pairlb.yaml")
+			yaml := fmt.Sprintf("global:\n  admin: %s\nvirtual_services:\n", admin) + serviceYAML("web", vip, be)
+			if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var stderr lockedBuffer
+			cmd := exec.Command(bin, "run", "-c", file)
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			select {
+			case err := <-exited:
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+					t.Errorf("exit: %v, want status 1", err)
+				}
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+				t.Fatalf("pairlb still running 10s after it could not open %s:\n%s", busy.Addr(), stderr.String())
+			}
+			if !strings.Contains(stderr.String(), busy.Addr().String()) {
+				t.Errorf("the message does not name %s:\n%s", busy.Addr(), stderr.String())
+			}
+		})
 	}
 }

@@ -194,7 +194,7 @@ func (n *foNode) get(path string) (int, []byte, error) {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: pairlb\r\n\r\n", path)
+		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: 127.0.0.1:9090\r\n\r\n", path)
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
 			return err

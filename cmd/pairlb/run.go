@@ -53,13 +53,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	// The SIGHUP loop ends with run, whether a signal or run itself (an admin listener that
+	// cannot open) ends it.
+	hupCtx, hupDone := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-hupCtx.Done():
 				return
 			case <-hup:
 				_ = d.reload()
@@ -67,6 +70,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 	}()
 	err = d.run(ctx)
+	hupDone()
 	wg.Wait()
 	if err != nil {
 		log.Error("stopped with error", "err", err)
@@ -142,7 +146,15 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 	// session, a refused or timed-out connect) makes its health checks come sooner; the checks
 	// still decide. Suspect never blocks, as the balancer's loops need.
 	d.lb.SetEvidenceFunc(d.health.Suspect)
+	d.lb.SetLocalFunc(d.localAddr)
+	if err := d.listenAdmin(); err != nil { // before any VIP listener: see listenAdmin
+		if d.routes != nil {
+			_ = d.routes.Close()
+		}
+		return nil, err
+	}
 	if err := d.apply(cfg); err != nil {
+		d.closeAdmin()
 		if d.routes != nil {
 			_ = d.routes.Close()
 		}
@@ -199,8 +211,9 @@ func (d *daemon) restoreRoutes() {
 // run serves until ctx ends, then stops gracefully and removes the kernel state it made. The
 // balancer starts accepting once the first round of health checks is done (see
 // health.Monitor.FirstRound), and /readyz says ready from then on. The admin server runs until
-// the balancer has drained. A daemon whose admin listener cannot open
-// stops at once and returns that error: it could be neither watched nor steered.
+// the balancer has drained. A daemon whose admin listener cannot open (newDaemon opens it, so
+// only when run is given a daemon that did not) stops at once and returns that error: it could
+// be neither watched nor steered.
 func (d *daemon) run(ctx context.Context) error {
 	stopAdmin, adminErr := d.startAdmin(ctx)
 	if adminErr != nil {
@@ -319,6 +332,24 @@ func (d *daemon) updateSources(cfg *config.Config) {
 		src := routing.NewSources(cfg, *l)
 		d.sources.Store(&src)
 	}
+}
+
+// localAddr reports whether a is one of the box's addresses, by the latest links snapshot
+// (the balancer's loop guard asks it for every new connection; loopback and the VIPs it
+// knows itself).
+func (d *daemon) localAddr(a netip.Addr) bool {
+	l := d.links.Load()
+	if l == nil {
+		return false
+	}
+	for _, link := range *l {
+		for _, p := range link.Addrs {
+			if p.Addr().Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // subnetSource is the box's own address on dst's subnet (subnet_originating). It runs for
