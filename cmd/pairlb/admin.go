@@ -11,7 +11,6 @@ package main
 // no data: it asks for the token and sends it with each API call).
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -24,7 +23,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,28 +45,13 @@ type adminState struct {
 	addr  netip.AddrPort         // where the listener is bound; guarded by daemon.mu
 }
 
-// readAdminToken reads the bearer token of cfg's global.admin_token_file; none is nil. A
-// problem is reported like any other problem of the file.
+// readAdminToken is the bearer token of cfg's global.admin_token_file; none is nil. config.Load
+// has read it, with its checks, so that validate reports the same problems as run.
 func readAdminToken(cfg *config.Config) ([]byte, error) {
-	path := cfg.Global.AdminTokenFile
-	if path == "" {
-		return nil, nil
+	if cfg.Global.AdminTokenFile != "" && cfg.Global.AdminToken == nil {
+		return nil, fmt.Errorf("%s: global.admin_token_file %s was not read (the configuration was not loaded with config.Load)", cfg.Path, cfg.Global.AdminTokenFile)
 	}
-	bad := func(msg string) error {
-		return config.Errors{{File: cfg.Path, Path: "global.admin_token_file", Value: path, Msg: msg}}
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, bad(err.Error())
-	}
-	tok := bytes.TrimSpace(b)
-	if len(tok) == 0 {
-		return nil, bad("the token file is empty")
-	}
-	if bytes.ContainsAny(tok, " \t\r\n") {
-		return nil, bad("the token must be one word on one line")
-	}
-	return tok, nil
+	return cfg.Global.AdminToken, nil
 }
 
 // setAdminToken installs the token read for cfg and warns about what a reload cannot change.
@@ -78,9 +61,6 @@ func (d *daemon) setAdminToken(cfg *config.Config, tok []byte) {
 		d.admin.token.Store(nil)
 	} else {
 		d.admin.token.Store(&tok)
-	}
-	if fi, err := os.Stat(cfg.Global.AdminTokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		d.log.Warn("the admin token file is readable by group or others", "file", cfg.Global.AdminTokenFile, "mode", fi.Mode().Perm().String())
 	}
 	if d.admin.addr.IsValid() && cfg.Global.Admin != d.admin.addr {
 		d.log.Warn("global.admin changed: the admin listener stays where it is until pairlb restarts",
