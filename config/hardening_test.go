@@ -71,7 +71,11 @@ func TestHostileInputs(t *testing.T) {
 		{"overflowing integer", svc(`udp: {max_sessions: 99999999999999999999}, `), 2, "out of range 1-10000000"},
 
 		// Keys, bytes and aliases the YAML library reports badly or without a line.
-		{"2 MB key", "global:\n  " + huge + ": 1\n" + services(web), 2, "a key of 2,000,000 characters"},
+		{"2 MB key", "global:\n  " + huge + ": 1\n" + services(web), 2, "a line of 2,000,005 bytes, at most 65,536"},
+		{"2 MB key in a flow mapping", "global: {" + huge + ": 1}\n" + services(web), 1, "a line of 2,000,013 bytes"},
+		{"2 KB key", "global:\n  " + huge[:2000] + ": 1\n" + services(web), 2, "a key of 2,000 characters"},
+		{"nesting on the first line", strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + "\n", 1, "exceeded max depth"},
+		{"2 MB alias name", "global: {admin: *" + strings.Repeat("a", 60000) + "}\n" + services(web), 1, "names no anchor"},
 		{"NUL byte", "global:\n  admin: 127.0.0.1:9090\x00\n" + services(web), 2, "control character U+0000 (NUL)"},
 		{"binary garbage", "global:\n  admin: 127.0.0.1:9090\n\x7fELF\x02\x01\x01\x00\x00", 3, "control character U+007F"},
 		{"invalid UTF-8", services(web) + "# caf\xe9\n", 3, "byte 0xe9 is not UTF-8"},
@@ -96,19 +100,19 @@ func TestHostileInputs(t *testing.T) {
 	}
 }
 
-// TestLongValuesShownShort: a 2 MB value is named, not echoed.
+// TestLongValuesShownShort: a long value is named, not echoed.
 func TestLongValuesShownShort(t *testing.T) {
-	big := strings.Repeat("x", 2<<20)
-	errs := parseErrors(t, services(`{name: `+big+`, vip: 198.51.100.10, ports: ["`+big+`/tcp", "1/`+big+`"], `+rs1+`}`))
-	if len(errs) < 3 {
+	big := strings.Repeat("x", 60_000)
+	errs := parseErrors(t, "virtual_services:\n  - name: "+big+"\n    vip: 198.51.100.10\n    ports:\n      - "+big+"/tcp\n      - 1/"+big+"\n    "+rs1+"\n")
+	if len(errs) != 3 {
 		t.Fatalf("want an error for the name and each port, got:\n%.2000v", errs)
 	}
-	for _, e := range errs {
-		if s := e.Error(); len(s) > 400 || e.Line != 2 {
+	for i, e := range errs {
+		if s := e.Error(); len(s) > 400 || e.Line != []int{2, 5, 6}[i] {
 			t.Errorf("line %d, %d bytes: %.300s", e.Line, len(s), s)
 		}
 	}
-	if !strings.Contains(errs[0].Value, "(2,097,152 bytes)") {
+	if !strings.Contains(errs[0].Value, "(60,000 bytes)") {
 		t.Errorf("the value does not say how long it was: %q", errs[0].Value)
 	}
 }

@@ -97,15 +97,17 @@ func (p *parser) bad(n *yaml.Node, path, format string, args ...any) {
 
 // short cuts s to maxValue bytes (on a character boundary) for a message: a 2 MB value is
 // reported, not echoed.
-func short(s string) string {
-	if len(s) <= maxValue {
+func short(s string) string { return cut(s, maxValue) }
+
+// cut cuts s to n bytes, on a character boundary, saying how long it was.
+func cut(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	cut := maxValue
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return s[:cut] + "... (" + groupDigits(int64(len(s))) + " bytes)"
+	return s[:n] + "... (" + groupDigits(int64(len(s))) + " bytes)"
 }
 
 // fields is a YAML mapping checked against the keys it may hold.
