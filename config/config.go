@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -42,6 +43,11 @@ type Config struct {
 	Global          Global
 	VirtualServices []VirtualService
 	Pair            *Pair // nil when the file has no pair section (a single box)
+
+	// Warnings are valid settings that are probably not what the file means (a scheduler that
+	// does not apply, an admin API open to the network without a token), in the order of the
+	// file. `pairlb validate` prints them and `pairlb run` logs them at start and on reload.
+	Warnings []*FieldError
 }
 
 // Global holds settings for the whole box.
@@ -50,12 +56,15 @@ type Global struct {
 	ManageAddresses     bool
 	Admin               netip.AddrPort
 	AdminTokenFile      string
-	IdleTimeout         time.Duration // 0 means none
-	DrainTimeout        time.Duration
-	DialTimeout         time.Duration
-	TCPKeepalive        bool
-	ResetOnClose        bool
-	DeferAccept         bool // default of the TCP services that are not redirectors
+	// AdminToken is the bearer token read from AdminTokenFile by Load (nil without a file, and
+	// after Parse, which reads no file).
+	AdminToken   []byte
+	IdleTimeout  time.Duration // 0 means none
+	DrainTimeout time.Duration
+	DialTimeout  time.Duration
+	TCPKeepalive bool
+	ResetOnClose bool
+	DeferAccept  bool // default of the TCP services that are not redirectors
 	// AdminHosts are the host names, besides the admin address itself and names that resolve to
 	// loopback, that the admin API accepts in a request's Host header (DNS rebinding).
 	AdminHosts []string
@@ -122,6 +131,20 @@ const (
 
 // Enabled reports whether the service keeps clients on their server.
 func (p Persistence) Enabled() bool { return p.Type == "source-ip" }
+
+// PlacementHash is what Placement returns when a consistent hash of the client's address, not
+// the scheduler, places new clients.
+const PlacementHash = "hash"
+
+// Placement is how the service really places a new client: PlacementHash for a source-ip
+// persistent service with place_by hash, else the name of its scheduler. Everything that shows
+// the scheduler shows this instead.
+func (v *VirtualService) Placement() string {
+	if v.Persistence.Enabled() && v.Persistence.PlaceBy != PlaceByScheduler {
+		return PlacementHash
+	}
+	return string(v.Scheduler)
+}
 
 // Access lists the client networks allowed and denied. An empty allow list allows everyone not
 // denied; deny wins over allow.
@@ -258,13 +281,30 @@ func (v *VirtualService) Summary() string {
 			enabled++
 		}
 	}
-	s := fmt.Sprintf("%s: %s [%s] %s, %s, %d/%d real servers enabled, health %s",
-		v.Name, v.VIP, ports, gw, v.Scheduler, enabled, len(v.RealServers), v.Health.Type)
+	placement := string(v.Scheduler)
 	if v.Persistence.Enabled() {
-		s += fmt.Sprintf(", persistence source-ip %s", v.Persistence.Timeout)
+		// "placement hash (persistence source-ip 20m)", "leastconn (persistence source-ip 20m)"
+		if v.Placement() == PlacementHash {
+			placement = "placement hash"
+		}
+		placement += fmt.Sprintf(" (persistence source-ip %s)", shortDuration(v.Persistence.Timeout))
 	}
+	s := fmt.Sprintf("%s: %s [%s] %s, %s, %d/%d real servers enabled, health %s",
+		v.Name, v.VIP, ports, gw, placement, enabled, len(v.RealServers), v.Health.Type)
 	if v.Transparent {
 		s += ", transparent"
+	}
+	return s
+}
+
+// shortDuration writes d without zero units: 20m, 1h30m, 90s -> 1m30s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
 }

@@ -2,10 +2,8 @@ package config
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -52,12 +50,11 @@ func RenderKeepalivedWith(cfg *Config, node string, opt KeepalivedOptions) ([]by
 	if !filepath.IsAbs(bin) || strings.ContainsAny(bin, " \t\"'\\") {
 		return nil, fmt.Errorf("pairlb binary %q: want an absolute path without spaces or quotes", bin)
 	}
-	var secret string
-	if pr.AuthSecretFile != "" {
-		var err error
-		if secret, err = readVRRPSecret(pr.AuthSecretFile); err != nil {
-			return nil, err
-		}
+	// The secret was read, with its checks, by Load: the file is read once, by the code
+	// validate runs too.
+	secret := pr.AuthSecret
+	if pr.AuthSecretFile != "" && secret == "" {
+		return nil, fmt.Errorf("%s: pair.auth_secret_file %s was not read: load the configuration with config.Load", cfg.Path, pr.AuthSecretFile)
 	}
 
 	admin := cfg.Global.Admin
@@ -185,26 +182,6 @@ func RenderKeepalivedWith(cfg *Config, node string, opt KeepalivedOptions) ([]by
 		w.close()
 	}
 	return w.buf.Bytes(), nil
-}
-
-// readVRRPSecret reads the PASS secret: the first line of the file, 1-8 printable characters
-// that keepalived reads as one word.
-func readVRRPSecret(path string) (string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("reading pair.auth_secret_file: %w", err)
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	s := strings.TrimSpace(line)
-	if s == "" || len(s) > 8 {
-		return "", fmt.Errorf("pair.auth_secret_file %s: want 1-8 characters on the first line, got %d", path, len(s))
-	}
-	for _, c := range s {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("\"'#!\\{}", c) {
-			return "", errors.New("pair.auth_secret_file " + path + ": want letters, digits and punctuation other than quotes, '#', '!', '\\', '{' and '}'")
-		}
-	}
-	return s, nil
 }
 
 func containsAddr(list []netip.Addr, a netip.Addr) bool {

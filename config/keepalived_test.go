@@ -24,6 +24,11 @@ func lyncPair(t *testing.T) *Config {
 	t.Helper()
 	cfg := loadExample(t, "lync2013-single-pair.yaml")
 	cfg.Pair.AuthSecretFile = "testdata/vrrp.secret"
+	secret, _, err := readVRRPSecret(cfg.Pair.AuthSecretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Pair.AuthSecret = secret
 	return cfg
 }
 
@@ -113,19 +118,13 @@ pair:
 	}{
 		{"unknown node", "lb3", KeepalivedOptions{}, "", `no node "lb3" in the pair (want one of lb1, lb2)`},
 		{"relative binary", "lb1", KeepalivedOptions{Binary: "pairlb"}, "", "want an absolute path"},
-		{"long secret", "lb1", KeepalivedOptions{}, "123456789\n", "want 1-8 characters"},
-		{"empty secret", "lb1", KeepalivedOptions{}, "\n", "want 1-8 characters"},
-		{"secret with a quote", "lb1", KeepalivedOptions{}, "ab\"c\n", "other than quotes"},
+		// Parse reads no file: the renderer refuses to go on without the secret Load reads.
+		{"secret not read", "lb1", KeepalivedOptions{}, "/etc/pairlb/vrrp.secret", "was not read: load the configuration with config.Load"},
 	} {
 		c := *cfg
 		pr := *cfg.Pair
 		c.Pair = &pr
-		if tc.secret != "" {
-			pr.AuthSecretFile = filepath.Join(t.TempDir(), "secret")
-			if err := os.WriteFile(pr.AuthSecretFile, []byte(tc.secret), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
+		pr.AuthSecretFile = tc.secret
 		if _, err := RenderKeepalivedWith(&c, tc.node, tc.opt); err == nil || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.msg)
 		}

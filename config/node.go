@@ -1,11 +1,15 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
+	"math"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -17,21 +21,93 @@ import (
 // parser collects the problems of one file.
 type parser struct {
 	file string
-	errs Errors
+	// files makes the parser read the files the configuration names (Load does, Parse not).
+	files bool
+	errs  reports
+	warns reports
+}
+
+// MaxReported is how many errors (and, apart, warnings) one file reports: a broken 1 MB file
+// could otherwise fill a terminal or the log with hundreds of thousands of lines. The first ones
+// by line are kept, and one last entry says how many more there were.
+const MaxReported = 100
+
+// maxValue is how much of a value a message shows.
+const maxValue = 80
+
+// reports is a list of problems kept to the first MaxReported by line.
+type reports struct {
+	list    Errors
+	dropped int
+}
+
+func (r *reports) add(e *FieldError) {
+	r.list = append(r.list, e)
+	// Compacting from time to time keeps memory bounded however many problems a file has,
+	// and keeps exactly the first MaxReported by line (the sort is stable).
+	if len(r.list) >= 10*MaxReported {
+		r.compact()
+	}
+}
+
+func (r *reports) compact() {
+	slices.SortStableFunc(r.list, func(a, b *FieldError) int { return cmp.Compare(a.Line, b.Line) })
+	if len(r.list) > MaxReported {
+		r.dropped += len(r.list) - MaxReported
+		clear(r.list[MaxReported:])
+		r.list = r.list[:MaxReported]
+	}
+}
+
+// final is the sorted list, with a last entry counting the problems left out.
+func (r *reports) final(file, what string) Errors {
+	if len(r.list) == 0 {
+		return nil
+	}
+	r.compact()
+	out := r.list
+	if r.dropped > 0 {
+		out = append(out, &FieldError{File: file, Msg: fmt.Sprintf("... and %s more %s (the first %d by line are shown)", groupDigits(int64(r.dropped)), what, MaxReported)})
+	}
+	return out
 }
 
 // fail records a problem at node n (nil: no line) with the value as written.
 func (p *parser) fail(n *yaml.Node, path, value, format string, args ...any) {
+	p.errs.add(p.report(n, path, value, format, args...))
+}
+
+// warn records a warning: a valid value that is probably not what the file means.
+func (p *parser) warn(n *yaml.Node, path, value, format string, args ...any) {
+	p.warns.add(p.report(n, path, value, format, args...))
+}
+
+func (p *parser) report(n *yaml.Node, path, value, format string, args ...any) *FieldError {
 	line := 0
 	if n != nil {
 		line = n.Line
 	}
-	p.errs = append(p.errs, &FieldError{File: p.file, Line: line, Path: path, Value: value, Msg: fmt.Sprintf(format, args...)})
+	return &FieldError{File: p.file, Line: line, Path: path, Value: short(value), Msg: fmt.Sprintf(format, args...)}
 }
 
 // bad records a problem with the value of node n.
 func (p *parser) bad(n *yaml.Node, path, format string, args ...any) {
 	p.fail(n, path, n.Value, format, args...)
+}
+
+// short cuts s to maxValue bytes (on a character boundary) for a message: a 2 MB value is
+// reported, not echoed.
+func short(s string) string { return cut(s, maxValue) }
+
+// cut cuts s to n bytes, on a character boundary, saying how long it was.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "... (" + groupDigits(int64(len(s))) + " bytes)"
 }
 
 // fields is a YAML mapping checked against the keys it may hold.
@@ -119,15 +195,23 @@ func (p *parser) scalar(f fields, key string) *yaml.Node {
 		p.fail(n, f.at(key), "", "want a single value, got %s", kindName(n))
 		return nil
 	}
+	if !p.printable(n, f.at(key)) {
+		return nil
+	}
 	return n
 }
 
-// str is the text at key, def when absent.
-func (p *parser) str(f fields, key, def string) string {
-	if n := p.scalar(f, key); n != nil {
-		return n.Value
+// printable reports whether a value holds no control character, reporting it when it does. No
+// setting takes one, and in a header (health.host) or a file name a CR, LF or NUL would do harm:
+// a quoted YAML string can carry them ("a\r\nb").
+func (p *parser) printable(n *yaml.Node, path string) bool {
+	i := strings.IndexFunc(n.Value, func(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) })
+	if i < 0 {
+		return true
 	}
-	return def
+	r, _ := utf8.DecodeRuneInString(n.Value[i:])
+	p.bad(n, path, "control character %U at byte %d: no setting takes one", r, i+1)
+	return false
 }
 
 // boolean is the true or false at key, def when absent or wrong.
@@ -152,6 +236,11 @@ func (p *parser) integer(f fields, key string, def, lo, hi int) int {
 		return def
 	}
 	var v int
+	if wholeNumber.MatchString(n.Value) && (n.ShortTag() != "!!int" || n.Decode(&v) != nil) {
+		// Digits only, yet no int: too many of them.
+		p.bad(n, f.at(key), "out of range %d-%d", lo, hi)
+		return def
+	}
 	if n.ShortTag() != "!!int" || n.Decode(&v) != nil {
 		p.bad(n, f.at(key), "want a whole number")
 		return def
@@ -202,6 +291,12 @@ func (p *parser) idleTimeout(f fields, key string, def time.Duration) time.Durat
 	return d
 }
 
+// wholeNumber is how an integer is written; durationSyntax is what time.ParseDuration reads.
+var (
+	wholeNumber    = regexp.MustCompile(`^[-+]?[0-9]+$`)
+	durationSyntax = regexp.MustCompile(`^[-+]?([0-9]*(\.[0-9]*)?(ns|us|µs|μs|ms|s|m|h))+$`)
+)
+
 func (p *parser) parseDuration(n *yaml.Node, path string) (time.Duration, bool) {
 	// A bare 0 needs no unit; any other bare number does, since "1800" could mean seconds or
 	// milliseconds depending on who reads it.
@@ -209,7 +304,17 @@ func (p *parser) parseDuration(n *yaml.Node, path string) (time.Duration, bool) 
 		return 0, true
 	}
 	d, err := time.ParseDuration(n.Value)
-	if err != nil {
+	switch {
+	case err != nil && durationSyntax.MatchString(n.Value) && !strings.HasPrefix(n.Value, "-"):
+		// Well written but beyond what a duration holds (about 292 years): the caller's
+		// range check reports it with the range of the key.
+		return math.MaxInt64, true
+	case err != nil && durationSyntax.MatchString(n.Value):
+		return math.MinInt64, true
+	case err != nil && wholeNumber.MatchString(n.Value):
+		p.bad(n, path, "a duration needs a unit, like 1800s or 30m (only 0 goes without)")
+		return 0, false
+	case err != nil:
 		p.bad(n, path, "want a duration like 1800s or 20m")
 		return 0, false
 	}
@@ -249,7 +354,7 @@ func (p *parser) listItem(n *yaml.Node, path string) bool {
 	case n.Kind != yaml.ScalarNode:
 		p.fail(n, path, "", "want a single value, got %s", kindName(n))
 	default:
-		return true
+		return p.printable(n, path)
 	}
 	return false
 }

@@ -28,6 +28,8 @@ const (
 	maxPreemptDelay       = 1000 * time.Second
 	// PairNodes is how many nodes a pair has.
 	PairNodes = 2
+	// maxPairNetworks is how many VRRP instances the virtual router ids allow.
+	maxPairNetworks = 255
 )
 
 var (
@@ -50,6 +52,9 @@ type Pair struct {
 	PreemptDelay time.Duration // with Preempt: how long a returning node waits before taking over
 	// AuthSecretFile holds the VRRPv2 PASS authentication secret (1-8 characters); empty: none.
 	AuthSecretFile string
+	// AuthSecret is the secret read from AuthSecretFile by Load ("" after Parse, which reads
+	// no file).
+	AuthSecret string
 }
 
 // PairNetwork is one network the pair serves VIPs on: one VRRP instance.
@@ -140,17 +145,32 @@ func (p *parser) pair(n *yaml.Node, top fields, cfg *Config, where []placed) *Pa
 		return nil
 	}
 	pr := &Pair{
-		VRRPVersion:    p.integer(f, "vrrp_version", DefaultVRRPVersion, 2, 3),
-		Preempt:        p.boolean(f, "preempt", false),
-		AuthSecretFile: p.str(f, "auth_secret_file", ""),
+		VRRPVersion: p.integer(f, "vrrp_version", DefaultVRRPVersion, 2, 3),
+		Preempt:     p.boolean(f, "preempt", false),
 	}
 	pr.AdvertInterval = p.advertInterval(f, pr.VRRPVersion)
 	pr.PreemptDelay = p.duration(f, "preempt_delay", 0, 0, maxPreemptDelay)
 	if n := f.vals["preempt_delay"]; n != nil && !pr.Preempt {
 		p.bad(n, f.at("preempt_delay"), "only with preempt: true")
+	} else if n != nil && pr.PreemptDelay%time.Millisecond != 0 {
+		// keepalived reads at most six decimals and refuses the whole file otherwise.
+		p.bad(n, f.at("preempt_delay"), "want whole milliseconds, like 1500ms")
+		pr.PreemptDelay = 0
 	}
-	if n := f.vals["auth_secret_file"]; n != nil && pr.VRRPVersion == 3 {
+	if n := p.scalar(f, "auth_secret_file"); n != nil && pr.VRRPVersion == 3 {
 		p.bad(n, f.at("auth_secret_file"), "VRRPv3 has no authentication: drop it or use vrrp_version: 2")
+	} else if n != nil {
+		pr.AuthSecretFile = n.Value
+		p.namedFile(n, f.at("auth_secret_file"))
+		if p.files {
+			secret, mode, err := readVRRPSecret(n.Value)
+			if err != nil {
+				p.bad(n, f.at("auth_secret_file"), "%v", err)
+			} else {
+				pr.AuthSecret = secret
+				p.secretMode(n, f.at("auth_secret_file"), mode)
+			}
+		}
 	}
 	seen := p.pairNetworks(f, pr)
 	p.pairNodes(f, pr, cfg, seen.names)
@@ -169,13 +189,31 @@ func (p *parser) pair(n *yaml.Node, top fields, cfg *Config, where []placed) *Pa
 		all := &Pair{Networks: seen.prefixes}
 		for i := range cfg.VirtualServices {
 			vs, at := &cfg.VirtualServices[i], where[i]
-			if at.vip == nil || all.Network(vs.VIP) != nil {
+			if at.vip == nil {
 				continue
 			}
-			p.bad(at.vip, index("virtual_services", i)+".vip", "not in any network of the pair (%s): no VRRP instance would carry it", all.networkList())
+			nw := all.Network(vs.VIP)
+			switch {
+			case nw == nil:
+				p.bad(at.vip, index("virtual_services", i)+".vip", "not in any network of the pair (%s): no VRRP instance would carry it", all.networkList())
+			case nw.Prefix.Addr().Is4() && nw.Prefix.Bits() < 31 && (vs.VIP == nw.Prefix.Masked().Addr() || vs.VIP == lastOf(nw.Prefix)):
+				p.bad(at.vip, index("virtual_services", i)+".vip", "the network or broadcast address of %s (%s): hosts cannot reach a VIP there", cmp.Or(nw.Name, "?"), nw.Prefix)
+			}
 		}
 	}
 	return pr
+}
+
+// lastOf is the highest address of an IPv4 prefix: its broadcast address.
+func lastOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := 32 - p.Bits()
+	for i := 3; i >= 0 && host > 0; i-- {
+		n := min(host, 8)
+		b[i] |= byte(1<<n - 1)
+		host -= n
+	}
+	return netip.AddrFrom4(b)
 }
 
 func (pr *Pair) networkList() string {
@@ -234,6 +272,10 @@ func (p *parser) pairNetworks(f fields, pr *Pair) networksSeen {
 	items := p.list(f, "networks")
 	if n := f.vals["networks"]; n == nil || (n.Kind == yaml.SequenceNode && len(items) == 0) {
 		p.fail(cmp.Or(n, f.node), f.at("networks"), "", "at least one network is required, like {name: internal, interface: eth1, prefix: 10.11.0.0/16, vrid: 51}")
+	}
+	if len(items) > maxPairNetworks {
+		p.fail(f.vals["networks"], f.at("networks"), "", "%d networks, at most %d (one VRRP virtual router id each)", len(items), maxPairNetworks)
+		items = items[:maxPairNetworks]
 	}
 	names := map[string]int{}
 	vrids := map[int]int{}
@@ -335,6 +377,8 @@ func (p *parser) pairNodes(f fields, pr *Pair, cfg *Config, netNames []string) {
 	names := map[string]int{}
 	priorities := map[int]int{}
 	owners := map[netip.Addr]spot{} // a node address to where it was first given
+	used := usedAddrs(cfg)
+	var adminOf []spot // per node appended, where its admin address was given
 	for i, item := range items {
 		path := index(f.at("nodes"), i)
 		nf, ok := p.mapping(item, path, pairNodeKeys...)
@@ -363,7 +407,8 @@ func (p *parser) pairNodes(f fields, pr *Pair, cfg *Config, netNames []string) {
 				node.Priority = prio
 			}
 		}
-		p.nodeAddresses(nf, pr, cfg, netNames, &node, owners)
+		p.nodeAddresses(nf, pr, netNames, &node, owners, used)
+		var at spot
 		if n := p.scalar(nf, "admin"); n != nil {
 			ap, err := parseListen(n.Value)
 			switch {
@@ -371,32 +416,62 @@ func (p *parser) pairNodes(f fields, pr *Pair, cfg *Config, netNames []string) {
 				p.bad(n, nf.at("admin"), "%v", err)
 			case ap.Addr().IsUnspecified():
 				p.bad(n, nf.at("admin"), "want the address the other node reaches this one's admin API at")
-			case usedBy(cfg, ap.Addr()) != "":
-				p.bad(n, nf.at("admin"), "is %s", usedBy(cfg, ap.Addr()))
+			case used[ap.Addr()] != "":
+				p.bad(n, nf.at("admin"), "is %s", used[ap.Addr()])
 			default:
-				node.Admin = ap
+				node.Admin, at = ap, spot{n, nf.at("admin")}
 			}
 		}
 		pr.Nodes = append(pr.Nodes, node)
+		adminOf = append(adminOf, at)
+	}
+	// Each node's admin address must reach that node: the peer checker and watcher ask the
+	// other node there, and with one address for both they would ask a node about itself.
+	// Beyond PairNodes nodes (already an error) the comparison would grow with their square.
+	nodes := pr.Nodes[:min(len(pr.Nodes), PairNodes)]
+	for i := range nodes {
+		node, at := &nodes[i], adminOf[i]
+		if at.node == nil {
+			continue
+		}
+		for j := range i {
+			if other := &nodes[j]; adminOf[j].node != nil && other.Admin == node.Admin {
+				p.bad(at.node, at.path, "the same admin address as node %s (line %d): each node's API must be reached at that node's own address", cmp.Or(other.Name, "?"), adminOf[j].node.Line)
+			}
+		}
+		for j := range nodes {
+			other := &nodes[j]
+			if j == i {
+				continue
+			}
+			for nw, a := range other.Addresses {
+				if a == node.Admin.Addr() {
+					p.bad(at.node, at.path, "%s is node %s's own address in network %s: the admin address of %s must reach %s", a, cmp.Or(other.Name, "?"), nw, cmp.Or(node.Name, "?"), cmp.Or(node.Name, "?"))
+				}
+			}
+		}
 	}
 }
 
-// usedBy names what a service uses a as, "" when nothing: a node address that is a VIP or a
-// gateway would be answered for by the wrong box.
-func usedBy(cfg *Config, a netip.Addr) string {
-	for _, vs := range cfg.VirtualServices {
-		switch {
-		case vs.VIP == a:
-			return "the VIP of " + vs.Name + ": keepalived moves VIPs, a node address stays with its node"
-		case vs.DefaultGateway == a:
-			return "the default gateway of " + vs.Name
+// usedAddrs maps each VIP and gateway to what a service uses it as: a node address that is a VIP
+// or a gateway would be answered for by the wrong box. The first service using an address names
+// it, its VIP before its gateway.
+func usedAddrs(cfg *Config) map[netip.Addr]string {
+	used := map[netip.Addr]string{}
+	for i := len(cfg.VirtualServices) - 1; i >= 0; i-- {
+		vs := &cfg.VirtualServices[i]
+		if vs.DefaultGateway.IsValid() {
+			used[vs.DefaultGateway] = "the default gateway of " + vs.Name
+		}
+		if vs.VIP.IsValid() {
+			used[vs.VIP] = "the VIP of " + vs.Name + ": keepalived moves VIPs, a node address stays with its node"
 		}
 	}
-	return ""
+	return used
 }
 
 // nodeAddresses reads a node's own address in every network of the pair.
-func (p *parser) nodeAddresses(nf fields, pr *Pair, cfg *Config, netNames []string, node *PairNode, owners map[netip.Addr]spot) {
+func (p *parser) nodeAddresses(nf fields, pr *Pair, netNames []string, node *PairNode, owners map[netip.Addr]spot, used map[netip.Addr]string) {
 	if len(pr.Networks) == 0 {
 		return // the networks are missing or invalid, and reported: addresses cannot be checked
 	}
@@ -427,8 +502,8 @@ func (p *parser) nodeAddresses(nf fields, pr *Pair, cfg *Config, netNames []stri
 			p.bad(n, path, "the network address of %s", nw.Prefix)
 		case owners[a].node != nil:
 			p.bad(n, path, "already given at %s (line %d): each node needs an address of its own", owners[a].path, owners[a].node.Line)
-		case usedBy(cfg, a) != "":
-			p.bad(n, path, "is %s", usedBy(cfg, a))
+		case used[a] != "":
+			p.bad(n, path, "is %s", used[a])
 		default:
 			owners[a] = spot{n, path}
 			node.Addresses[nw.Name] = a

@@ -8,15 +8,32 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"net/netip"
-	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+)
+
+// Minimum durations: below them a setting cannot do its job. A connect to a server in the same
+// data centre takes well under a millisecond, but a loaded box needs a few milliseconds to be
+// scheduled at all, and one across a WAN tens: below 10 ms every dial fails and every real
+// server looks dead. A health check connects and, for tls and https, completes a handshake,
+// which costs a busy Windows server tens of milliseconds: below 100 ms the check measures the
+// clock, not the server, and a healthy pool stays down. A drain shorter than 100 ms lets no
+// request in flight finish: it is a stop without drain, which is better said by a short value.
+const (
+	MinDialTimeout    = 10 * time.Millisecond
+	MinHealthTimeout  = 100 * time.Millisecond
+	MinDrainTimeout   = 100 * time.Millisecond
+	MinHealthInterval = time.Second
 )
 
 // Limits that only the parser needs.
@@ -30,13 +47,13 @@ const (
 
 var (
 	topKeys    = []string{"global", "virtual_services", "pair"}
-	globalKeys = []string{"use_default_route_only", "manage_addresses", "admin", "admin_token_file",
+	globalKeys = []string{"use_default_route_only", "manage_addresses", "admin", "admin_token_file", "admin_hosts",
 		"idle_timeout", "drain_timeout", "dial_timeout", "tcp_keepalive", "reset_on_close", "defer_accept"}
 	serviceKeys = []string{"name", "vip", "ports", "default_gateway", "scheduler", "persistence",
 		"idle_timeout", "tcp_keepalive", "reset_on_close", "transparent", "subnet_originating",
 		"source_addresses", "access", "sorry_server", "health", "close_on_down", "udp",
 		"real_servers", "unavailable_redirect", "redirect", "defer_accept"}
-	persistenceKeys = []string{"type", "timeout", "max_entries"}
+	persistenceKeys = []string{"type", "timeout", "max_entries", "place_by"}
 	accessKeys      = []string{"allow", "deny"}
 	healthKeys      = []string{"type", "port", "method", "path", "host", "sni", "expect", "verify",
 		"interval", "timeout", "rise", "fall", "initial"}
@@ -44,37 +61,63 @@ var (
 	realServerKeys = []string{"address", "weight", "enabled"}
 )
 
-// Load reads and parses the configuration file at path.
+// Load reads and parses the configuration file at path, and reads the files it names (the
+// admin token, the VRRP secret) with the same checks, reporting their problems at the line of
+// the key that names them.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, _, err := readFile(path, MaxConfigSize)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, fmt.Errorf("reading the configuration %s: %w", path, err)
 	}
-	return Parse(path, data)
+	return parse(path, data, true)
 }
 
 // Parse decodes, types, completes and validates the configuration in data; file names it in
-// messages and becomes Config.Path. On any problem it returns Errors holding every problem found,
-// in the order of the file.
+// messages and becomes Config.Path. On any problem it returns Errors holding every problem found
+// (the first MaxReported by line), in the order of the file. It reads no other file: the files
+// the configuration names are read by Load.
 func Parse(file string, data []byte) (*Config, error) {
-	p := &parser{file: file}
+	return parse(file, data, false)
+}
+
+func parse(file string, data []byte, files bool) (*Config, error) {
+	p := &parser{file: file, files: files}
 	sum := sha256.Sum256(data)
 	cfg := &Config{Path: file, Hash: hex.EncodeToString(sum[:])}
 	if root := p.document(data); root != nil {
 		p.config(root, cfg)
 	}
-	if len(p.errs) > 0 {
-		slices.SortStableFunc(p.errs, func(a, b *FieldError) int { return cmp.Compare(a.Line, b.Line) })
-		return nil, p.errs
+	if errs := p.errs.final(file, "errors"); len(errs) > 0 {
+		return nil, errs
 	}
+	cfg.Warnings = p.warns.final(file, "warnings")
 	return cfg, nil
 }
 
 // yamlLine finds the line in the YAML library's syntax errors, which carry it only in their text.
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
+// maxAliasExpansion is how many values aliases may add to those the file writes. Anchors are
+// welcome (one pool of Front Ends for several services), but a few lines of nested aliases can
+// otherwise stand for billions of values.
+const maxAliasExpansion = 100_000
+
+// maxYAMLKey is the longest plain key YAML reads; maxLine the longest line of a file. The
+// longest line of the Lync example is under 120 bytes, and an access list of 1,000 networks
+// written on one line under 20 KiB.
+const (
+	maxYAMLKey = 1024
+	maxLine    = 64 << 10
+)
+
 // document is the root node of the file's single YAML document, nil when there is none.
 func (p *parser) document(data []byte) *yaml.Node {
+	// The YAML library reports text that is not UTF-8 or holds control characters without a
+	// line; find it first, with one.
+	if line, col, msg := checkText(data); msg != "" {
+		p.errs.add(&FieldError{File: p.file, Line: line, Msg: fmt.Sprintf("column %d: %s", col, msg)})
+		return nil
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	err := dec.Decode(&doc)
@@ -83,7 +126,7 @@ func (p *parser) document(data []byte) *yaml.Node {
 		return nil
 	}
 	if err != nil {
-		p.syntax(err)
+		p.syntax(err, data)
 		return nil
 	}
 	root := deref(doc.Content[0])
@@ -95,18 +138,176 @@ func (p *parser) document(data []byte) *yaml.Node {
 	if err := dec.Decode(&next); err == nil {
 		p.fail(&next, "", "", "a second YAML document: the file must hold exactly one")
 	} else if !errors.Is(err, io.EOF) {
-		p.syntax(err)
+		p.syntax(err, data)
+	}
+	if !p.aliasesBounded(&doc) {
+		return nil
 	}
 	return root
 }
 
-func (p *parser) syntax(err error) {
-	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		p.errs = append(p.errs, &FieldError{File: p.file, Line: line, Msg: "invalid YAML: " + m[2]})
-		return
+// aliasesBounded reports whether the aliases of doc expand it by at most maxAliasExpansion
+// values, and reports the problem when they do not. The sizes are memoised per node, so that
+// the check itself is linear in the size of the file.
+func (p *parser) aliasesBounded(doc *yaml.Node) bool {
+	const saturated = 1 << 40
+	sizes := map[*yaml.Node]int{}
+	var size func(n *yaml.Node) int
+	size = func(n *yaml.Node) int {
+		if n.Kind == yaml.AliasNode {
+			if n.Alias == nil {
+				return 1
+			}
+			return size(n.Alias)
+		}
+		if s, ok := sizes[n]; ok {
+			return s
+		}
+		sizes[n] = 1 // a node containing itself (the library refuses it) counts once
+		s := 1
+		for _, c := range n.Content {
+			s = min(s+size(c), saturated)
+		}
+		sizes[n] = s
+		return s
 	}
-	p.fail(nil, "", "", "invalid YAML: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+	expanded := size(doc)
+	written := 0
+	var worst *yaml.Node
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		written++
+		if n.Kind == yaml.AliasNode {
+			if n.Alias != nil && (worst == nil || size(n.Alias) > size(worst.Alias)) {
+				worst = n
+			}
+			return
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(doc)
+	if worst == nil || expanded-written <= maxAliasExpansion {
+		return true
+	}
+	p.fail(worst, "", "*"+worst.Value, "aliases expand the file by %s values (at most %s): write the values out or use fewer nested aliases",
+		expandedCount(expanded-written, saturated), groupDigits(maxAliasExpansion))
+	return false
+}
+
+func expandedCount(n, saturated int) string {
+	if n >= saturated-1_000_000 {
+		return "more than " + groupDigits(int64(saturated))
+	}
+	return groupDigits(int64(n))
+}
+
+// maxSyntaxMsg bounds a message of the YAML library, which may quote the file (an anchor name).
+const maxSyntaxMsg = 200
+
+func (p *parser) syntax(err error, data []byte) {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	if line > 0 && (strings.HasPrefix(msg, "mapping values are not allowed") || strings.HasPrefix(msg, "could not find expected ':'")) {
+		// A plain key longer than YAML allows reads as a value followed by a stray colon.
+		if k := keyLength(lineOf(data, line)); k > maxYAMLKey {
+			msg = fmt.Sprintf("a key of %s characters: YAML reads at most %d in a key, and pairlb knows no key that long", groupDigits(int64(k)), maxYAMLKey)
+		}
+	}
+	name, unknownAnchor := strings.CutPrefix(msg, "unknown anchor '")
+	switch {
+	case unknownAnchor && line == 0:
+		name = strings.TrimSuffix(name, "' referenced")
+		line = aliasLine(data, name)
+		msg = fmt.Sprintf("alias *%s names no anchor (&%s) written before it", short(name), short(name))
+	case line == 0:
+		// The library leaves the line out when the problem is on the first one (its marks
+		// count from 0, and 0 reads as "none").
+		line = 1
+	}
+	msg = cut(msg, maxSyntaxMsg)
+	p.errs.add(&FieldError{File: p.file, Line: line, Msg: "invalid YAML: " + msg})
+}
+
+// lineOf is line n (1-based) of data.
+func lineOf(data []byte, n int) []byte {
+	for i := 1; i < n; i++ {
+		j := bytes.IndexByte(data, '\n')
+		if j < 0 {
+			return nil
+		}
+		data = data[j+1:]
+	}
+	if j := bytes.IndexByte(data, '\n'); j >= 0 {
+		data = data[:j]
+	}
+	return data
+}
+
+// keyLength is the length of the key a line starts with, 0 when it has none.
+func keyLength(line []byte) int {
+	line = bytes.TrimLeft(line, " ")
+	for bytes.HasPrefix(line, []byte("- ")) {
+		line = bytes.TrimLeft(line[2:], " ")
+	}
+	return max(bytes.Index(line, []byte(": ")), bytes.Index(line, []byte(":\r")), 0)
+}
+
+// aliasLine is the line of the first alias *name in data, 0 when none is found.
+func aliasLine(data []byte, name string) int {
+	ref := []byte("*" + name)
+	for off := 0; ; {
+		i := bytes.Index(data[off:], ref)
+		if i < 0 {
+			return 0
+		}
+		end := off + i + len(ref)
+		if end == len(data) || strings.IndexByte(" \t\r\n,]}", data[end]) >= 0 {
+			return bytes.Count(data[:off+i], []byte("\n")) + 1
+		}
+		off = end
+	}
+}
+
+// checkText finds the first character that makes data something other than YAML text: bytes
+// that are not UTF-8, or control characters other than tab, CR and LF (YAML's printable set).
+// It returns its line and column (1-based) and what is wrong, or an empty message.
+func checkText(data []byte) (line, col int, msg string) {
+	if bytes.HasPrefix(data, []byte{0xff, 0xfe}) || bytes.HasPrefix(data, []byte{0xfe, 0xff}) {
+		return 1, 1, "UTF-16 text: save the file as UTF-8"
+	}
+	line, col = 1, 1
+	start := 0 // of the line
+	for i := 0; i < len(data); {
+		r, n := utf8.DecodeRune(data[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			return line, col, fmt.Sprintf("byte 0x%02x is not UTF-8 text: the file must be YAML text, in UTF-8", data[i])
+		case i-start >= maxLine:
+			end := bytes.IndexByte(data[i:], '\n')
+			if end < 0 {
+				end = len(data) - i
+			}
+			return line, 1, fmt.Sprintf("a line of %s bytes, at most %s: no setting needs one; write long lists one item a line", groupDigits(int64(i+end-start)), groupDigits(maxLine))
+		case r == '\n':
+			line, col, start = line+1, 0, i+1
+		case r == '\t' || r == '\r' || r == 0x85:
+		case r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0xfffe || r == 0xffff || (r == 0xfeff && i > 0):
+			name := ""
+			if r == 0 {
+				name = " (NUL)"
+			}
+			return line, col, fmt.Sprintf("control character %U%s: the file must be YAML text (binary data, or a value needing an escape in double quotes)", r, name)
+		}
+		i += n
+		col++
+	}
+	return 0, 0, ""
 }
 
 // spot is where a value was written.
@@ -125,6 +326,7 @@ type placed struct {
 	ports      []spot // one per VirtualService.Ports entry
 	sources    []spot // one per VirtualService.SourceAddresses entry
 	servers    []spot // one per VirtualService.RealServers entry, the address
+	sorry      *yaml.Node
 }
 
 func (p *parser) config(root *yaml.Node, cfg *Config) {
@@ -145,6 +347,7 @@ func (p *parser) config(root *yaml.Node, cfg *Config) {
 		where = append(where, at)
 	}
 	p.across(cfg, where)
+	p.loops(cfg, where)
 	if n := f.vals["pair"]; n != nil {
 		cfg.Pair = p.pair(n, f, cfg, where)
 	}
@@ -155,13 +358,13 @@ func (p *parser) global(f fields) Global {
 		UseDefaultRouteOnly: p.boolean(f, "use_default_route_only", false),
 		ManageAddresses:     p.boolean(f, "manage_addresses", false),
 		Admin:               netip.MustParseAddrPort(DefaultAdmin),
-		AdminTokenFile:      p.str(f, "admin_token_file", ""),
 		IdleTimeout:         p.idleTimeout(f, "idle_timeout", DefaultIdleTimeout),
-		DrainTimeout:        p.duration(f, "drain_timeout", DefaultDrainTimeout, 0, maxDrainTimeout),
-		DialTimeout:         p.duration(f, "dial_timeout", DefaultDialTimeout, 0, maxDialTimeout),
+		DrainTimeout:        p.duration(f, "drain_timeout", DefaultDrainTimeout, MinDrainTimeout, maxDrainTimeout),
+		DialTimeout:         p.duration(f, "dial_timeout", DefaultDialTimeout, MinDialTimeout, maxDialTimeout),
 		TCPKeepalive:        p.boolean(f, "tcp_keepalive", true),
 		ResetOnClose:        p.boolean(f, "reset_on_close", false),
 		DeferAccept:         p.boolean(f, "defer_accept", false),
+		AdminHosts:          p.adminHosts(f),
 	}
 	if n := p.scalar(f, "admin"); n != nil {
 		if ap, err := parseListen(n.Value); err != nil {
@@ -170,7 +373,68 @@ func (p *parser) global(f fields) Global {
 			g.Admin = ap
 		}
 	}
+	if n := p.scalar(f, "admin_token_file"); n != nil {
+		g.AdminTokenFile = n.Value
+		p.namedFile(n, f.at("admin_token_file"))
+		if p.files {
+			tok, mode, err := readAdminToken(n.Value)
+			if err != nil {
+				p.bad(n, f.at("admin_token_file"), "%v", err)
+			} else {
+				g.AdminToken = tok
+				p.secretMode(n, f.at("admin_token_file"), mode)
+			}
+		}
+	}
+	if n := f.vals["admin"]; n != nil && !f.has("admin_token_file") && !g.Admin.Addr().IsLoopback() {
+		switch {
+		case g.Admin.Addr().IsUnspecified():
+			// Go listens dual-stack on a wildcard: 0.0.0.0 takes IPv6 too, :: takes IPv4.
+			p.warn(n, f.at("admin"), n.Value, "the admin API listens on every address of the box, IPv4 and IPv6 alike (a wildcard listener is dual-stack), without a token: anyone who reaches the box can drain servers and reload; set admin_token_file, or listen on 127.0.0.1")
+		default:
+			p.warn(n, f.at("admin"), n.Value, "the admin API listens on a network address without a token: anyone who reaches it can drain servers and reload; set admin_token_file")
+		}
+	}
 	return g
+}
+
+// namedFile checks the name of a file the configuration names.
+func (p *parser) namedFile(n *yaml.Node, path string) {
+	if !filepath.IsAbs(n.Value) {
+		p.warn(n, path, n.Value, "a relative path is read from the working directory of each process that reads it (systemd and keepalived's scripts run in /): write it absolute")
+	}
+}
+
+// secretMode warns about a secret that others may read.
+func (p *parser) secretMode(n *yaml.Node, path string, mode fs.FileMode) {
+	if mode&0o077 != 0 {
+		p.warn(n, path, n.Value, "readable by group or others (mode %s): chmod 600 it", mode)
+	}
+}
+
+// adminHosts reads the host names the admin API answers besides IP addresses and names of
+// loopback. They are kept in lower case without a trailing dot, the form a Host header is
+// compared in.
+func (p *parser) adminHosts(f fields) []string {
+	var out []string
+	seen := map[string]int{}
+	for i, n := range p.list(f, "admin_hosts") {
+		path := index(f.at("admin_hosts"), i)
+		if !p.listItem(n, path) {
+			continue
+		}
+		name, err := parseAdminHost(n.Value)
+		switch {
+		case err != nil:
+			p.bad(n, path, "%v", err)
+		case seen[name] != 0:
+			p.bad(n, path, "listed twice, first at line %d", seen[name])
+		default:
+			seen[name] = n.Line
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // service reads one virtual service, resolving what it inherits from g, and checks the rules
@@ -208,6 +472,11 @@ func (p *parser) service(node *yaml.Node, path string, g Global) (VirtualService
 			p.bad(n, f.at("default_gateway"), "%s gateway for %s VIP %s", family(a), family(vs.VIP), vs.VIP)
 		case a == vs.VIP:
 			p.bad(n, f.at("default_gateway"), "the gateway cannot be the VIP itself")
+		case a.IsLinkLocalUnicast():
+			// The box's link-local subnets are no connected subnet a gateway can be found on.
+			p.bad(n, f.at("default_gateway"), "a link-local gateway: use the router's address on the VIP's subnet")
+		case a.IsLoopback():
+			p.bad(n, f.at("default_gateway"), "a loopback gateway: use the router's address on the VIP's subnet")
 		default:
 			vs.DefaultGateway, at.gateway, at.badGateway = a, n, false
 		}
@@ -221,6 +490,7 @@ func (p *parser) service(node *yaml.Node, path string, g Global) (VirtualService
 		}
 	}
 	vs.Persistence = p.persistence(p.section(f, "persistence", persistenceKeys...))
+	p.placement(f, &vs)
 	vs.IdleTimeout = p.idleTimeout(f, "idle_timeout", g.IdleTimeout)
 	vs.TCPKeepalive = p.boolean(f, "tcp_keepalive", g.TCPKeepalive)
 	vs.ResetOnClose = p.boolean(f, "reset_on_close", g.ResetOnClose)
@@ -245,7 +515,7 @@ func (p *parser) service(node *yaml.Node, path string, g Global) (VirtualService
 		if a, port, err := parseAddrOptPort(n.Value); err != nil {
 			p.bad(n, f.at("sorry_server"), "%v", err)
 		} else {
-			vs.SorryServer = netip.AddrPortFrom(a, port)
+			vs.SorryServer, at.sorry = netip.AddrPortFrom(a, port), n
 		}
 	}
 	// A redirector has no servers to probe; any other service gets a TCP connect by default.
@@ -259,7 +529,7 @@ func (p *parser) service(node *yaml.Node, path string, g Global) (VirtualService
 	vs.UDPMaxSessions = p.integer(udp, "max_sessions", DefaultUDPMaxSessions, 1, maxUDPSessions)
 	p.realServers(f, &vs, &at)
 	if n := p.scalar(f, "unavailable_redirect"); n != nil {
-		if err := checkURL(n.Value); err != nil {
+		if err := checkRedirect(n.Value); err != nil {
 			p.bad(n, f.at("unavailable_redirect"), "%v", err)
 		} else {
 			vs.UnavailableRedirect = n.Value
@@ -321,7 +591,27 @@ func (p *parser) persistence(f fields) Persistence {
 			p.bad(n, f.at("type"), "unknown persistence type (want none or source-ip)")
 		}
 	}
+	if n := p.scalar(f, "place_by"); n != nil {
+		switch pb := PlaceBy(n.Value); {
+		case pb != PlaceByHash && pb != PlaceByScheduler:
+			p.bad(n, f.at("place_by"), "want hash (a consistent hash of the client's address, the same on both boxes) or scheduler (the service's scheduler)")
+		case !ps.Enabled():
+			p.bad(n, f.at("place_by"), "only with type: source-ip: without persistence the scheduler places every connection")
+		default:
+			ps.PlaceBy = pb
+		}
+	}
 	return ps
+}
+
+// placement warns when the file writes a scheduler that persistence keeps from being used.
+func (p *parser) placement(f fields, vs *VirtualService) {
+	n := f.vals["scheduler"]
+	if n == nil || vs.Placement() != PlacementHash || vs.Scheduler == SourceHash {
+		return // source-hash is a consistent hash of the client's address too
+	}
+	p.warn(n, f.at("scheduler"), n.Value, "does not apply: with persistence source-ip a new client is placed by a consistent hash of its address (place_by: hash, the default), so that both boxes of a pair place it alike; "+
+		"to place new clients by %s write persistence: {..., place_by: scheduler}, at the cost that after a failover the other box, which has no table entry for them, places returning clients anew and may send them to another server; or drop the scheduler line", vs.Scheduler)
 }
 
 func (p *parser) sourceAddresses(f fields, vs *VirtualService, at *placed) {
@@ -371,10 +661,8 @@ func (p *parser) health(f fields, def HealthType) Health {
 		Port:     uint16(p.integer(f, "port", 0, 0, 65535)),
 		Method:   "GET",
 		Path:     "/",
-		Host:     p.str(f, "host", ""),
-		SNI:      p.str(f, "sni", ""),
 		Verify:   p.boolean(f, "verify", false),
-		Interval: p.duration(f, "interval", DefaultHealthInterval, time.Second, maxHealthInterval),
+		Interval: p.duration(f, "interval", DefaultHealthInterval, MinHealthInterval, maxHealthInterval),
 		Rise:     p.integer(f, "rise", DefaultHealthRise, 1, 100),
 		Fall:     p.integer(f, "fall", DefaultHealthFall, 1, 100),
 	}
@@ -385,8 +673,29 @@ func (p *parser) health(f fields, def HealthType) Health {
 			p.bad(n, f.at("type"), "unknown health type (want one of %s)", joinNames(HealthTypes))
 		}
 	}
+	// The host and the server name go into a request header and a TLS hello: a value that
+	// cannot be sent makes every check fail and the pool stay down.
+	if n := p.scalar(f, "host"); n != nil {
+		if err := checkHostHeader(n.Value); err != nil {
+			p.bad(n, f.at("host"), "%v", err)
+		} else {
+			h.Host = n.Value
+		}
+	}
+	if n := p.scalar(f, "sni"); n != nil {
+		if err := checkSNI(n.Value); err != nil {
+			p.bad(n, f.at("sni"), "%v", err)
+		} else {
+			h.SNI = n.Value
+		}
+	}
+	if n := f.vals["host"]; h.SNI == "" && h.Host != "" && (h.Type == HealthTLS || h.Type == HealthHTTPS) {
+		if host, _, err := net.SplitHostPort(h.Host); err == nil {
+			p.bad(n, f.at("host"), "the host is also the TLS server name when sni is not set, and a server name has no port: add sni: %s", strings.Trim(host, "[]"))
+		}
+	}
 	// A short interval brings the default timeout down with it rather than making it an error.
-	h.Timeout = p.duration(f, "timeout", min(DefaultHealthTimeout, h.Interval), 0, maxHealthInterval)
+	h.Timeout = p.duration(f, "timeout", min(DefaultHealthTimeout, h.Interval), MinHealthTimeout, maxHealthInterval)
 	if n := f.vals["timeout"]; n != nil && h.Timeout > h.Interval {
 		p.bad(n, f.at("timeout"), "longer than the interval (%s): a check would still run when the next starts", seconds(h.Interval))
 	}
@@ -398,10 +707,13 @@ func (p *parser) health(f fields, def HealthType) Health {
 		}
 	}
 	if n := p.scalar(f, "path"); n != nil {
-		if strings.HasPrefix(n.Value, "/") && !strings.ContainsAny(n.Value, " \t\r\n") {
-			h.Path = n.Value
-		} else {
+		switch {
+		case !strings.HasPrefix(n.Value, "/"):
 			p.bad(n, f.at("path"), "want a path starting with /")
+		case strings.ContainsAny(n.Value, " #"):
+			p.bad(n, f.at("path"), "spaces and '#' cannot be sent in a request line: write them %%20 and %%23")
+		default:
+			h.Path = n.Value
 		}
 	}
 	for i, n := range p.list(f, "expect") {
@@ -505,12 +817,23 @@ func (p *parser) addressing(f fields, vs *VirtualService, at *placed) {
 			}
 		}
 	}
+	// The first real server of each family is enough to tell a source address it cannot serve.
+	var first4, first6 *RealServer
+	for i := range vs.RealServers {
+		rs := &vs.RealServers[i]
+		if rs.Address.Is4() && first4 == nil {
+			first4 = rs
+		} else if rs.Address.Is6() && first6 == nil {
+			first6 = rs
+		}
+	}
 	for i, a := range vs.SourceAddresses {
-		for _, rs := range vs.RealServers {
-			if a.Is4() != rs.Address.Is4() {
-				p.bad(at.sources[i].node, at.sources[i].path, "%s source address for %s real server %s", family(a), family(rs.Address), rs.Key())
-				break
-			}
+		other := first4
+		if a.Is4() {
+			other = first6
+		}
+		if other != nil {
+			p.bad(at.sources[i].node, at.sources[i].path, "%s source address for %s real server %s", family(a), family(other.Address), other.Key())
 		}
 	}
 }

@@ -393,9 +393,9 @@ func TestRejects(t *testing.T) {
 		{"service idle timeout", services(`{name: a, vip: 192.0.2.10, idle_timeout: 100000s, ports: ["80/tcp"], ` + rs + `}`),
 			"virtual_services[0].idle_timeout", "100000s", "0 (none) or 60s-86400s", 2},
 		{"negative idle timeout", "global: {idle_timeout: -60s}\n" + services(web), "global.idle_timeout", "-60s", "out of range", 1},
-		{"duration without unit", "global: {idle_timeout: 1800}\n" + services(web), "global.idle_timeout", "1800", "want a duration like 1800s", 1},
-		{"drain timeout", "global: {drain_timeout: 2h}\n" + services(web), "global.drain_timeout", "2h", "at most 3600s", 1},
-		{"dial timeout zero", "global: {dial_timeout: 0}\n" + services(web), "global.dial_timeout", "0", "more than 0", 1},
+		{"duration without unit", "global: {idle_timeout: 1800}\n" + services(web), "global.idle_timeout", "1800", "a duration needs a unit", 1},
+		{"drain timeout", "global: {drain_timeout: 2h}\n" + services(web), "global.drain_timeout", "2h", "out of range 100ms-3600s", 1},
+		{"dial timeout zero", "global: {dial_timeout: 0}\n" + services(web), "global.dial_timeout", "0", "out of range 10ms-60s", 1},
 		{"udp idle timeout", services(`{name: a, vip: 192.0.2.10, udp: {idle_timeout: 500ms}, ports: ["53/udp"], ` + rs + `}`),
 			"virtual_services[0].udp.idle_timeout", "500ms", "out of range 1s-86400s", 2},
 		{"udp sessions", services(`{name: a, vip: 192.0.2.10, udp: {max_sessions: 20000000}, ports: ["53/udp"], ` + rs + `}`),
@@ -439,7 +439,7 @@ func TestRejects(t *testing.T) {
 		{"redirect placeholder", services(`{name: r, vip: 192.0.2.10, ports: ["80/tcp"], redirect: "https://%h%p"}`),
 			"virtual_services[0].redirect", "https://%h%p", "unknown placeholder", 2},
 		{"unavailable redirect", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], unavailable_redirect: "/sorry", ` + rs + `}`),
-			"virtual_services[0].unavailable_redirect", "/sorry", "http:// or https:// URL", 2},
+			"virtual_services[0].unavailable_redirect", "/sorry", "starting with http:// or https://", 2},
 		{"bad sorry server", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], sorry_server: "192.0.2.99:http", ` + rs + `}`),
 			"virtual_services[0].sorry_server", "192.0.2.99:http", "port out of range", 2},
 		{"source address family", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], source_addresses: ["2001:db8::5"], ` + rs + `}`),
@@ -463,7 +463,7 @@ func TestRejects(t *testing.T) {
 		{"health timeout above interval", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], health: {interval: 2s, timeout: 5s}, ` + rs + `}`),
 			"virtual_services[0].health.timeout", "5s", "longer than the interval", 2},
 		{"health timeout zero", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], health: {timeout: 0s}, ` + rs + `}`),
-			"virtual_services[0].health.timeout", "0s", "more than 0", 2},
+			"virtual_services[0].health.timeout", "0s", "out of range 100ms-3600s", 2},
 		{"health rise", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], health: {rise: 0}, ` + rs + `}`),
 			"virtual_services[0].health.rise", "0", "out of range 1-100", 2},
 		{"health fall", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], health: {fall: 101}, ` + rs + `}`),
@@ -657,7 +657,9 @@ func TestHelpers(t *testing.T) {
 	}
 }
 
-// FuzzParse: no input makes Parse panic, and every failure is reported as Errors.
+// FuzzParse: no input makes Parse panic, every failure is reported as Errors, at most
+// MaxReported and a count of the rest, each placed in the file and bounded in size, so that a
+// hostile file can neither crash validate nor flood its output.
 func FuzzParse(f *testing.F) {
 	for _, name := range []string{"examples/lync2013-single-pair.yaml", "examples/loopback.yaml"} {
 		data, err := Examples.ReadFile(name)
@@ -668,6 +670,11 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(services(web)))
 	f.Add([]byte("a: &a [*a]\n"))
+	f.Add([]byte(pairFile(validPair)))
+	f.Add([]byte("global: &a {admin: *a}\n"))
+	f.Add([]byte("virtual_services: [&s {name: a, vip: 198.51.100.10, ports: [\"1/tcp\"], real_servers: [{address: 198.51.100.10}]}, *s]\n"))
+	f.Add([]byte("global:\n  admin: \"\\0\"\n"))
+	f.Add([]byte("\xff\xfe\x00"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("fuzz.yaml", data)
 		if err == nil {
@@ -677,8 +684,13 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		var errs Errors
-		if !errors.As(err, &errs) || len(errs) == 0 {
-			t.Errorf("error %T is not Errors: %v", err, err)
+		if !errors.As(err, &errs) || len(errs) == 0 || len(errs) > MaxReported+1 {
+			t.Fatalf("error %T is not Errors of 1-%d entries: %.500v", err, MaxReported+1, err)
+		}
+		for _, e := range errs {
+			if s := e.Error(); len(s) > 2000 || !strings.HasPrefix(s, "fuzz.yaml") {
+				t.Fatalf("unbounded or unplaced message (%d bytes): %.300s", len(s), s)
+			}
 		}
 	})
 }

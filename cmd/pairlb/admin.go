@@ -17,25 +17,21 @@ package main
 // gets 421 Misdirected Request on every endpoint, token or not.
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,28 +58,13 @@ type adminState struct {
 	listeners []net.Listener
 }
 
-// readAdminToken reads the bearer token of cfg's global.admin_token_file; none is nil. A
-// problem is reported like any other problem of the file.
+// readAdminToken is the bearer token of cfg's global.admin_token_file; none is nil. config.Load
+// has read it, with its checks, so that validate reports the same problems as run.
 func readAdminToken(cfg *config.Config) ([]byte, error) {
-	path := cfg.Global.AdminTokenFile
-	if path == "" {
-		return nil, nil
+	if cfg.Global.AdminTokenFile != "" && cfg.Global.AdminToken == nil {
+		return nil, fmt.Errorf("%s: global.admin_token_file %s was not read (the configuration was not loaded with config.Load)", cfg.Path, cfg.Global.AdminTokenFile)
 	}
-	bad := func(msg string) error {
-		return config.Errors{{File: cfg.Path, Path: "global.admin_token_file", Value: path, Msg: msg}}
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, bad(err.Error())
-	}
-	tok := bytes.TrimSpace(b)
-	if len(tok) == 0 {
-		return nil, bad("the token file is empty")
-	}
-	if bytes.ContainsAny(tok, " \t\r\n") {
-		return nil, bad("the token must be one word on one line")
-	}
-	return tok, nil
+	return cfg.Global.AdminToken, nil
 }
 
 // setAdminToken installs the token read for cfg and warns about what a reload cannot change.
@@ -95,9 +76,6 @@ func (d *daemon) setAdminToken(cfg *config.Config, tok []byte) {
 		d.admin.token.Store(&tok)
 	}
 	d.setAdminHosts(cfg)
-	if fi, err := os.Stat(cfg.Global.AdminTokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		d.log.Warn("the admin token file is readable by group or others", "file", cfg.Global.AdminTokenFile, "mode", fi.Mode().Perm().String())
-	}
 	if d.admin.addr.IsValid() && cfg.Global.Admin != d.admin.addr {
 		d.log.Warn("global.admin changed: the admin listener stays where it is until pairlb restarts",
 			"listening", d.admin.addr.String(), "configured", cfg.Global.Admin.String())
@@ -333,23 +311,12 @@ func (d *daemon) setAdminHosts(cfg *config.Config) {
 // loopbackNames returns the names a hosts file maps to a loopback address. A missing file has
 // none; one that is not a regular file or is larger than maxHostsFile is refused.
 func loopbackNames(path string) ([]string, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO must not block
+	b, err := config.ReadFile(path, maxHostsFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("reading %s: not a regular file", path)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxHostsFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if len(b) > maxHostsFile {
-		return nil, fmt.Errorf("reading %s: larger than %d bytes", path, maxHostsFile)
 	}
 	var names []string
 	for _, line := range strings.Split(string(b), "\n") {

@@ -156,11 +156,11 @@ func adminRequest(ctx context.Context, client *http.Client, method, addr, path, 
 		return nil, err
 	}
 	if tokenFile != "" {
-		tok, err := os.ReadFile(tokenFile)
+		tok, err := config.ReadAdminToken(tokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("reading the admin token: %w", err)
+			return nil, err
 		}
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+		req.Header.Set("Authorization", "Bearer "+string(tok))
 	}
 	return client.Do(req)
 }

@@ -105,6 +105,7 @@ func newDaemon(log *slog.Logger, path string) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	logWarnings(log, cfg)
 	token, err := readAdminToken(cfg)
 	if err != nil {
 		return nil, err
@@ -267,6 +268,9 @@ func (d *daemon) reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg, err := config.Load(d.path)
+	if err == nil {
+		logWarnings(d.log, cfg)
+	}
 	if err == nil && d.routes == nil && needsRouting(cfg) {
 		err = errNeedsNetAdmin
 	}
@@ -294,6 +298,13 @@ func (d *daemon) reload() error {
 	d.setAdminToken(cfg, token)
 	d.log.Info("configuration reloaded", "file", d.path, "hash", cfg.Hash, "virtual_services", len(cfg.VirtualServices))
 	return nil
+}
+
+// logWarnings logs each warning of the configuration on a line of its own, as validate prints it.
+func logWarnings(log *slog.Logger, cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration warning", "warning", w.Error())
+	}
 }
 
 // healthTargets resolves every enabled real server into what the monitor probes: the health

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -49,12 +48,13 @@ func (f *clientFlags) client(fs *flag.FlagSet) (*adminClient, error) {
 	})
 	var addr netip.AddrPort
 	var tokenFile string
+	var token []byte // read by config.Load with the file that names it
 	if *f.admin == "" || (*f.tokenFile == "" && f.configSet) {
 		cfg, err := config.Load(*f.config)
 		if err != nil {
 			return nil, fmt.Errorf("reading the admin address from %s (or give -admin): %w", *f.config, err)
 		}
-		addr, tokenFile = cfg.Global.Admin, cfg.Global.AdminTokenFile
+		addr, tokenFile, token = cfg.Global.Admin, cfg.Global.AdminTokenFile, cfg.Global.AdminToken
 	}
 	if *f.admin != "" {
 		a, err := netip.ParseAddrPort(*f.admin)
@@ -64,7 +64,7 @@ func (f *clientFlags) client(fs *flag.FlagSet) (*adminClient, error) {
 		addr = a
 	}
 	if *f.tokenFile != "" {
-		tokenFile = *f.tokenFile
+		tokenFile, token = *f.tokenFile, nil
 	}
 	// A listener on every address is reached on loopback.
 	if addr.Addr().IsUnspecified() {
@@ -75,12 +75,13 @@ func (f *clientFlags) client(fs *flag.FlagSet) (*adminClient, error) {
 		addr = netip.AddrPortFrom(lo, addr.Port())
 	}
 	c := &adminClient{base: "http://" + addr.String(), http: &http.Client{Timeout: 10 * time.Second}}
-	if tokenFile != "" {
-		b, err := os.ReadFile(tokenFile)
+	c.token = token
+	if tokenFile != "" && token == nil {
+		tok, err := config.ReadAdminToken(tokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("reading the admin token: %w", err)
+			return nil, err
 		}
-		c.token = bytes.TrimSpace(b)
+		c.token = tok
 	}
 	return c, nil
 }

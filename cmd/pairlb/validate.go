@@ -15,10 +15,14 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// Load reads the files the configuration names too, as run and every reload do.
 	cfg, err := config.Load(*path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	for i := range cfg.VirtualServices {
 		fmt.Fprintln(stdout, cfg.VirtualServices[i].Summary())

@@ -245,9 +245,17 @@ func renderService(b *strings.Builder, vs *config.VirtualService) {
 	if vs.DefaultGateway.IsValid() {
 		fmt.Fprintf(b, "    default_gateway: %s\n", vs.DefaultGateway)
 	}
-	fmt.Fprintf(b, "    scheduler: %s\n", vs.Scheduler)
+	// A scheduler that persistence keeps from placing clients is left out (config warns about
+	// it), unless it is not the default and leaving it out would change what is read back.
+	if vs.Placement() != config.PlacementHash || vs.Scheduler != config.LeastConn {
+		fmt.Fprintf(b, "    scheduler: %s\n", vs.Scheduler)
+	}
 	p := vs.Persistence
-	fmt.Fprintf(b, "    persistence: {type: %s, timeout: %s, max_entries: %d}\n", p.Type, dur(p.Timeout), p.MaxEntries)
+	if p.Enabled() {
+		fmt.Fprintf(b, "    persistence: {type: %s, timeout: %s, max_entries: %d, place_by: %s}\n", p.Type, dur(p.Timeout), p.MaxEntries, p.PlaceBy)
+	} else {
+		fmt.Fprintf(b, "    persistence: {type: %s, timeout: %s, max_entries: %d}\n", p.Type, dur(p.Timeout), p.MaxEntries)
+	}
 	fmt.Fprintf(b, "    idle_timeout: %s\n", dur(vs.IdleTimeout))
 	fmt.Fprintf(b, "    tcp_keepalive: %t\n", vs.TCPKeepalive)
 	fmt.Fprintf(b, "    reset_on_close: %t\n", vs.ResetOnClose)
