@@ -67,8 +67,8 @@ type udpSession struct {
 	retry    int64  // when to look again for a better destination (see moveRetry)
 	rxqDrops uint32 // the socket's count of dropped datagrams when last read (SO_RXQ_OVFL)
 
-	older, newer *udpSession // the listener's list by last activity
-	self     netip.AddrPort // the socket's local address, noted by the loop guard
+	older, newer *udpSession    // the listener's list by last activity
+	self         netip.AddrPort // the socket's local address, noted by the loop guard
 }
 
 // maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
