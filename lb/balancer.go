@@ -216,6 +216,7 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 	for _, svc := range services {
 		svc.commit()
 	}
+	removeServers(b.services, services)
 	for k, l := range b.listeners {
 		if bnd, ok := want[k]; ok {
 			l.rebind(bnd)
@@ -255,6 +256,24 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 	b.cfg = cfg
 	b.services = services
 	return nil
+}
+
+// removeServers marks the real servers of the running services that none of the new ones
+// keeps (a server taken out of a pool, a service removed or renamed) as gone from their pool.
+func removeServers(running, next map[string]*service) {
+	kept := map[*realServer]bool{}
+	for _, s := range next {
+		for _, r := range s.servers {
+			kept[r] = true
+		}
+	}
+	for _, s := range running {
+		for _, r := range s.servers {
+			if !kept[r] {
+				r.removeFromPool()
+			}
+		}
+	}
 }
 
 // sameSocket reports whether two listener kinds would compete for one port: TCP and the HTTP

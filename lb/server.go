@@ -51,7 +51,8 @@ type realServer struct {
 	// STUN, ICE and TURN client) would otherwise never leave a dead server, since each of its
 	// datagrams renews the session. It is derived from up and state, under downMu, so that the
 	// datagram path reads one atomic instead of two. A draining server keeps its sessions: that
-	// is what draining means.
+	// is what draining means. A server a reload took out of its service leaves too: nothing
+	// checks its health any more, and the file no longer sends clients there.
 	leave atomic.Bool
 
 	// lastEvidence is when a failure seen on the forwarding path (a refused or timed-out dial,
@@ -60,9 +61,10 @@ type realServer struct {
 
 	// down is cancelled when health marks the server down, closing the connections of services
 	// with close_on_down; a fresh one replaces it for the connections that follow.
-	downMu sync.Mutex
-	down   context.Context
-	cancel context.CancelFunc
+	downMu  sync.Mutex
+	down    context.Context
+	cancel  context.CancelFunc
+	removed bool // a reload took it out of its service; under downMu
 }
 
 // downContext returns the context that ends when the server is next marked down.
@@ -96,10 +98,19 @@ func (r *realServer) setState(st State) State {
 	return old
 }
 
-// mustLeave is leave's value from up and state; the caller holds downMu, which orders the
-// updates of leave, so that the last one reflects the last change of either.
+// removeFromPool marks a server that a reload took out of its service: its UDP sessions move
+// with their clients' next datagrams; its TCP connections go on, as a reload promises.
+func (r *realServer) removeFromPool() {
+	r.downMu.Lock()
+	defer r.downMu.Unlock()
+	r.removed = true
+	r.leave.Store(true)
+}
+
+// mustLeave is leave's value from up, state and removal; the caller holds downMu, which orders
+// the updates of leave, so that the last one reflects the last change of any.
 func (r *realServer) mustLeave() bool {
-	return !r.up.Load() || State(r.state.Load()) == Disabled
+	return r.removed || !r.up.Load() || State(r.state.Load()) == Disabled
 }
 
 // available reports whether the server may take a new connection.

@@ -520,9 +520,12 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 }
 
 // open makes the session of client on fd, a socket connected to r (nil: the sorry server)
-// whose active count is taken. It returns nil, counted, when the listener has retired, the
-// table has filled meanwhile (if bounded) or the loop cannot watch the socket.
-func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int, r *realServer, bounded bool) *udpSession {
+// whose active count is taken. A fresh session is a new client's: it is held to the table's
+// bound and counted among the service's connections; one that replaces a moved session is
+// neither (the client is not new, and its old session's place is free). It returns nil,
+// counted, when the listener has retired, the table has filled meanwhile (if fresh) or the
+// loop cannot watch the socket.
+func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int, r *realServer, fresh bool) *udpSession {
 	svc, st := bnd.svc, bnd.svc.stats
 	to := svc.cfg.SorryAddrPort(bnd.port)
 	if r != nil {
@@ -549,7 +552,7 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 	case l.retired:
 		l.mu.Unlock()
 		return reject(DropServiceClosed)
-	case bounded && st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions):
+	case fresh && st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions):
 		l.mu.Unlock()
 		return reject(DropUDPTableFull)
 	}
@@ -564,9 +567,11 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 	l.sessions[client] = s
 	l.link(s)
 	st.udpSessions.Add(1)
-	st.accepted.Add(1)
 	st.active.Add(1)
-	bnd.accepted.accepted.Add(1)
+	if fresh {
+		st.accepted.Add(1)
+		bnd.accepted.accepted.Add(1)
+	}
 	if r != nil {
 		r.total.Add(1)
 	}

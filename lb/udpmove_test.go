@@ -89,6 +89,9 @@ func TestUDPSessionMovesOffAGoneServer(t *testing.T) {
 			if n := st.udpMoves.Load(); n != 1 {
 				t.Errorf("%d moves counted, want 1", n)
 			}
+			if n := st.accepted.Load(); n != 1 {
+				t.Errorf("%d sessions counted as accepted, want 1: a move is not a new client", n)
+			}
 			if n := st.active.Load(); n != 1 {
 				t.Errorf("service counts %d active, want 1", n)
 			}
@@ -99,6 +102,33 @@ func TestUDPSessionMovesOffAGoneServer(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestUDPSessionMovesOffARemovedServer: a reload that takes the session's server out of the
+// pool moves the session with its client's next datagram. Nothing checks the removed server's
+// health any more, so without the move a client that keeps sending would stay on it for good.
+func TestUDPSessionMovesOffARemovedServer(t *testing.T) {
+	echoes := map[string]*udpEcho{"a": startUDPEcho(t, "a"), "b": startUDPEcho(t, "b")}
+	vs := udpService(t, "media", echoes["a"].addr(), echoes["b"].addr())
+	vs.UDPIdleTimeout = time.Minute
+	bal, _ := startBalancer(t, testConfig(vs))
+	c := dialUDP(t, vipAddr(vs, 0))
+	first, _, _ := strings.Cut(udpAsk(t, c, "1"), ":")
+	other := map[string]string{"a": "b", "b": "a"}[first]
+	if other == "" {
+		t.Fatalf("first answer from %q", first)
+	}
+	kept := vs
+	kept.RealServers = []config.RealServer{{Address: echoes[other].addr().Addr(), Port: echoes[other].addr().Port(), Weight: 1, Enabled: true}}
+	if err := bal.Apply(testConfig(kept)); err != nil {
+		t.Fatal(err)
+	}
+	if got := udpAsk(t, c, "2"); got != other+":2" {
+		t.Fatalf("after the reload that removed %s: answered %q, want %s:2", first, got, other)
+	}
+	if n := bal.services["media"].stats.udpSessions.Load(); n != 1 {
+		t.Errorf("%d sessions, want 1", n)
 	}
 }
 
