@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -147,53 +146,22 @@ func TestSIGTERMAfterFIFOReload(t *testing.T) {
 	if err := os.WriteFile(file, []byte(head+body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
-	cmd := exec.Command(bin, "run", "-c", file)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("pairlb stderr:\n%s", stderr.String())
-		}
-	})
+	proc := runPairlb(t, bin, file)
 	waitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p), "fe1")
 
 	if err := os.WriteFile(file, []byte(head+"  admin_token_file: "+fifo+"\n"+body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	proc.signal(t, syscall.SIGHUP)
 	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(stderr.String(), "keeping the running configuration") {
+	for !strings.Contains(proc.stderr.String(), "keeping the running configuration") {
 		if time.Now().After(deadline) {
 			t.Fatal("the reload with a FIFO token was not rejected within 5s")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(stderr.String(), "named pipe (FIFO)") {
-		t.Errorf("the rejection does not say why:\n%s", stderr.String())
+	if !strings.Contains(proc.stderr.String(), "named pipe (FIFO)") {
+		t.Errorf("the rejection does not say why:\n%s", proc.stderr.String())
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("exit after SIGTERM: %v", waitErr)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("pairlb did not exit within 10s of SIGTERM")
-	}
+	proc.stop(t, 10*time.Second)
 }

@@ -125,6 +125,75 @@ func buildPairlb(t *testing.T) string {
 	return bin
 }
 
+// child is a `pairlb run` started by a test: its stderr is kept, and the test's cleanup kills
+// it if it is still running and shows the end of its log if the test failed.
+type child struct {
+	cmd     *exec.Cmd
+	stderr  lockedBuffer
+	exited  chan struct{}
+	waitErr error // set when exited is closed
+}
+
+// runPairlb starts bin with `run -c file`.
+func runPairlb(t *testing.T, bin, file string) *child {
+	t.Helper()
+	c := &child{cmd: exec.Command(bin, "run", "-c", file), exited: make(chan struct{})}
+	c.cmd.Stderr = &c.stderr
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.waitErr = c.cmd.Wait(); close(c.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-c.exited:
+		default:
+			_ = c.cmd.Process.Kill()
+			<-c.exited
+		}
+		if t.Failed() {
+			log := c.stderr.String()
+			if len(log) > 20000 {
+				log = "...\n" + log[len(log)-20000:]
+			}
+			t.Logf("pairlb stderr:\n%s", log)
+		}
+	})
+	return c
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+func (c *child) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v to pairlb: %v", sig, err)
+	}
+}
+
+// wait returns the exit error once pairlb has exited, or false if it is still running after
+// within.
+func (c *child) wait(within time.Duration) (error, bool) {
+	select {
+	case <-c.exited:
+		return c.waitErr, true
+	case <-time.After(within):
+		return nil, false
+	}
+}
+
+// stop sends SIGTERM and fails the test unless pairlb exits 0 within the time given.
+func (c *child) stop(t *testing.T, within time.Duration) {
+	t.Helper()
+	c.signal(t, syscall.SIGTERM)
+	err, done := c.wait(within)
+	switch {
+	case !done:
+		t.Fatalf("pairlb did not exit within %s of SIGTERM", within)
+	case err != nil:
+		t.Errorf("exit after SIGTERM: %v", err)
+	}
+}
+
 // TestRunReloadAndStop drives the real binary: it serves the file, a SIGHUP with an invalid
 // file keeps the old configuration serving, a SIGHUP with a valid file adds a listener while an
 // open connection survives, and SIGTERM exits 0.
@@ -142,26 +211,7 @@ func TestRunReloadAndStop(t *testing.T) {
 	}
 	write(head + serviceYAML("web", p1, be))
 
-	var stderr lockedBuffer
-	cmd := exec.Command(bin, "run", "-c", file)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("pairlb stderr:\n%s", stderr.String())
-		}
-	})
+	p := runPairlb(t, bin, file)
 	addr1 := fmt.Sprintf("127.0.0.1:%d", p1)
 	addr2 := fmt.Sprintf("127.0.0.1:%d", p2)
 	waitGreeting(t, addr1, "fe1")
@@ -177,21 +227,17 @@ func TestRunReloadAndStop(t *testing.T) {
 	}
 
 	write(head + serviceYAML("web", p1, be) + "    bogus_key: 1\n")
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	p.signal(t, syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond)
 	if got, err := greeting(addr1); err != nil || got != "fe1" {
 		t.Fatalf("after an invalid reload: %q %v", got, err)
 	}
-	if !strings.Contains(stderr.String(), "bogus_key") {
-		t.Errorf("the invalid reload's error is not logged:\n%s", stderr.String())
+	if !strings.Contains(p.stderr.String(), "bogus_key") {
+		t.Errorf("the invalid reload's error is not logged:\n%s", p.stderr.String())
 	}
 
 	write(head + serviceYAML("web", p1, be) + serviceYAML("web2", p2, be))
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	p.signal(t, syscall.SIGHUP)
 	waitGreeting(t, addr2, "fe1")
 	_ = open.SetDeadline(time.Now().Add(2 * time.Second))
 	fmt.Fprint(open, "ping")
@@ -200,18 +246,7 @@ func TestRunReloadAndStop(t *testing.T) {
 		t.Fatalf("open connection after reload: %q %v", buf, err)
 	}
 	open.Close()
-
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Fatalf("exit after SIGTERM: %v", waitErr)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("pairlb did not exit within 10s of SIGTERM")
-	}
+	p.stop(t, 10*time.Second)
 }
 
 func TestValidate(t *testing.T) {
@@ -263,27 +298,17 @@ func TestRunExitsWhenAListenerCannotOpen(t *testing.T) {
 			if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			var stderr lockedBuffer
-			cmd := exec.Command(bin, "run", "-c", file)
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
+			p := runPairlb(t, bin, file)
+			err, done := p.wait(10 * time.Second)
+			var ee *exec.ExitError
+			switch {
+			case !done:
+				t.Fatalf("pairlb still running 10s after it could not open %s", busy.Addr())
+			case !errors.As(err, &ee) || ee.ExitCode() != 1:
+				t.Errorf("exit: %v, want status 1", err)
 			}
-			exited := make(chan error, 1)
-			go func() { exited <- cmd.Wait() }()
-			select {
-			case err := <-exited:
-				var ee *exec.ExitError
-				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-					t.Errorf("exit: %v, want status 1", err)
-				}
-			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-				<-exited
-				t.Fatalf("pairlb still running 10s after it could not open %s:\n%s", busy.Addr(), stderr.String())
-			}
-			if !strings.Contains(stderr.String(), busy.Addr().String()) {
-				t.Errorf("the message does not name %s:\n%s", busy.Addr(), stderr.String())
+			if !strings.Contains(p.stderr.String(), busy.Addr().String()) {
+				t.Errorf("the message does not name %s:\n%s", busy.Addr(), p.stderr.String())
 			}
 		})
 	}

@@ -109,31 +109,8 @@ func TestSoak(t *testing.T) {
 	}
 	write("a")
 
-	var stderr lockedBuffer
-	cmd := exec.Command(bin, "run", "-c", file)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pid := cmd.Process.Pid
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			log := stderr.String()
-			if len(log) > 20000 {
-				log = "...\n" + log[len(log)-20000:]
-			}
-			t.Logf("pairlb stderr (end):\n%s", log)
-		}
-	})
+	proc := runPairlb(t, bin, file)
+	pid := proc.pid()
 	web := fmt.Sprintf("127.0.0.1:%d", webPort)
 	vipUDP := fmt.Sprintf("127.0.0.1:%d", udpPort)
 	waitReadyz(t, "http://"+adminAddr)
@@ -183,8 +160,8 @@ func TestSoak(t *testing.T) {
 				case variant != "bad" && code != http.StatusOK:
 					res.fail("admin reload: %d %s", code, body)
 				}
-			} else if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-				res.fail("SIGHUP: %v", err)
+			} else if err := proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+				res.fail("SIGHUP: %v", err) // not t.Fatal: this is not the test's goroutine
 				return
 			}
 			reloads.Add(1)
@@ -237,21 +214,11 @@ func TestSoak(t *testing.T) {
 	// Back where it started: open connections close, UDP sessions idle out, and the
 	// descriptors and memory they held are given back.
 	write("a")
-	_ = cmd.Process.Signal(syscall.SIGHUP)
+	proc.signal(t, syscall.SIGHUP)
 	fds, rss := settle(t, pid, baseFDs, baseRSS, 60*time.Second)
 	t.Logf("after the soak: %d descriptors, RSS %d KiB", fds, rss>>10)
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Errorf("exit after SIGTERM: %v", waitErr)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("pairlb did not exit within 15 s of SIGTERM")
-	}
+	proc.stop(t, 15*time.Second)
 }
 
 // rssSlack is how far above the baseline pairlb's RSS may settle: the Go runtime returns freed
