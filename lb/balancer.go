@@ -49,7 +49,7 @@ type Balancer struct {
 	// addresses and the balancer's VIPs.
 	self       selfConns
 	localFn    atomic.Pointer[LocalFunc]
-	vips       atomic.Pointer[map[netip.Addr]struct{}]
+	own        atomic.Pointer[ownAddrs]
 	loopLogged atomic.Int64 // unix ns of the last loop logged
 
 	unavailable atomic.Int64 // clients being served an unavailable_redirect
@@ -252,7 +252,7 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 			delete(b.retiring, k)
 		}
 	}
-	b.setVIPs(b.listeners)
+	b.setOwn(b.listeners)
 	b.cfg = cfg
 	b.services = services
 	return nil

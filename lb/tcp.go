@@ -37,7 +37,13 @@ type tcpConn struct {
 	lastActive, dialDeadline       int64 // unix ns
 	idx                            int   // in lp.conns
 	stopDown                       func() bool
-	self                           netip.AddrPort // the server side's local address, noted by the loop guard
+
+	// The loop guard (loopguard.go): the connection's hop number, whether its socket towards
+	// the server is to be noted whatever its destination, and that socket's local address
+	// once noted.
+	hop  uint16
+	note bool
+	self netip.AddrPort
 }
 
 // Sides of a connection, and directions: direction d reads side d and writes the other.
@@ -84,7 +90,8 @@ func (b *Balancer) acceptTCP(lp *loop, fd int, client, local netip.AddrPort, bnd
 	svc, st := bnd.svc, bnd.svc.stats
 	bnd.accepted.accepted.Add(1)
 	st.accepted.Add(1)
-	if b.tcpLoop(fd, client, local) {
+	hop, note := b.hopTCP(fd, client, local)
+	if b.isLoop(hop) {
 		b.loopRefused(svc, bnd.port.String(), client)
 		resetFD(fd)
 		return
@@ -96,7 +103,7 @@ func (b *Balancer) acceptTCP(lp *loop, fd int, client, local netip.AddrPort, bnd
 	}
 	b.connWG.Add(1) // before shutdown's Wait: shutdown waits for the loops to stop accepting
 	st.active.Add(1)
-	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, idx: len(lp.conns)}
+	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, idx: len(lp.conns), hop: hop, note: note}
 	c.plan = dialPlan{b: b, bnd: bnd, client: client}
 	c.dir[sideClient].total, c.dir[sideServer].total = &st.bytesIn, &st.bytesOut
 	c.ready[sideClient] = canWrite
@@ -123,8 +130,8 @@ func (c *tcpConn) dialNext() {
 			return
 		}
 		fd, err := dialTCP(local, to, c.bnd.svc.cfg.Transparent, c.bnd.svc.cfg.TCPKeepalive)
-		if err == nil && c.b.isLocal(to.Addr()) {
-			c.self = c.b.noteSelf(fd, to)
+		if err == nil && (c.note || c.b.toListener(to, true)) {
+			c.self = c.b.noteSelf(fd, to, c.hop)
 		}
 		if err == nil {
 			if err = c.lp.add(fd, connEvents, c, sideServer); err == nil {

@@ -69,6 +69,8 @@ type udpSession struct {
 
 	older, newer *udpSession    // the listener's list by last activity
 	self         netip.AddrPort // the socket's local address, noted by the loop guard
+	hop          uint16         // the loop guard's hop number (loopguard.go)
+	note         bool           // note the socket whatever its destination
 }
 
 // maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
@@ -485,7 +487,7 @@ func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
 		return s
 	}
 	s.end()
-	ns := l.open(lp, bnd, client, fd, r, false)
+	ns := l.open(lp, bnd, client, fd, r, false, s.hop, s.note)
 	if ns == nil {
 		l.closeIfIdle()
 		return nil
@@ -498,7 +500,8 @@ func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
 // connected socket towards it. It returns nil, counted, when the datagram must be dropped.
 func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) *udpSession {
 	svc, st := bnd.svc, bnd.svc.stats
-	if l.b.udpLoop(client) {
+	hop, note := l.b.hopUDP(client)
+	if l.b.isLoop(hop) {
 		l.b.loopRefused(svc, l.key.String(), client)
 		return nil
 	}
@@ -516,7 +519,7 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 	if !ok {
 		return nil
 	}
-	return l.open(lp, bnd, client, fd, r, true)
+	return l.open(lp, bnd, client, fd, r, true, hop, note)
 }
 
 // open makes the session of client on fd, a socket connected to r (nil: the sorry server)
@@ -525,15 +528,18 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 // neither (the client is not new, and its old session's place is free). It returns nil,
 // counted, when the listener has retired, the table has filled meanwhile (if fresh) or the
 // loop cannot watch the socket.
-func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int, r *realServer, fresh bool) *udpSession {
+//
+// hop and note are the loop guard's (loopguard.go): the session's hop number, and whether its
+// socket is to be noted whatever its destination.
+func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int, r *realServer, fresh bool, hop uint16, note bool) *udpSession {
 	svc, st := bnd.svc, bnd.svc.stats
 	to := svc.cfg.SorryAddrPort(bnd.port)
 	if r != nil {
 		to = r.dialAddr(bnd.port)
 	}
 	var self netip.AddrPort
-	if l.b.isLocal(to.Addr()) {
-		self = l.b.noteSelf(fd, to) // before the first datagram leaves (loopguard.go)
+	if note || l.b.toListener(to, false) {
+		self = l.b.noteSelf(fd, to, hop) // before the first datagram leaves
 	}
 	reject := func(reason DropReason) *udpSession {
 		unix.Close(fd)
@@ -556,7 +562,7 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 		l.mu.Unlock()
 		return reject(DropUDPTableFull)
 	}
-	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, checked: lp.now, self: self}
+	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, checked: lp.now, self: self, hop: hop, note: note}
 	if err := lp.add(fd, unix.EPOLLIN, s, 0); err != nil {
 		l.mu.Unlock()
 		if k, ok := st.logs.allow(logUDPSessionDropped, lp.now); ok {
