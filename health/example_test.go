@@ -2,46 +2,34 @@ package health_test
 
 import (
 	"context"
-	"log/slog"
+	"fmt"
 	"net/netip"
 
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/health"
 )
 
-// targets resolves a configuration into the flat list the Monitor probes: the health port when
-// the service sets one, else the target port of the service's first port, and the source address
-// forwarded connections use.
-func targets(cfg *config.Config, source func(*config.VirtualService, config.RealServer) netip.Addr) []health.Target {
-	var out []health.Target
-	for i := range cfg.VirtualServices {
-		vs := &cfg.VirtualServices[i]
-		for _, rs := range vs.RealServers {
-			if !rs.Enabled || len(vs.Ports) == 0 {
-				continue
-			}
-			addr := rs.AddrPort(vs.Ports[0].Target)
-			if vs.Health.Port != 0 {
-				addr = netip.AddrPortFrom(rs.Address, vs.Health.Port)
-			}
-			out = append(out, health.Target{Service: vs.Name, Server: rs.Key(), Addr: addr,
-				Source: source(vs, rs), Check: vs.Health})
-		}
-	}
-	return out
-}
-
+// ExampleMonitor runs a Monitor over one target and prints its first state change. In
+// cmd/pairlb, the targets come from the configuration (one per enabled real server and service)
+// and OnChange becomes a call on the balancer; Set is called again on every reload while Run
+// runs.
 func ExampleMonitor() {
-	var cfg config.Config // loaded by config.Load in cmd/pairlb
+	changes := make(chan health.Change, 1)
 	m := health.NewMonitor(health.Options{
-		Logger: slog.Default(),
-		OnChange: func(c health.Change) {
-			// e.g. balancer.SetHealthy(c.Service, c.Server, c.Up)
-		},
+		OnChange: func(c health.Change) { changes <- c },
 	})
-	m.Set(targets(&cfg, func(*config.VirtualService, config.RealServer) netip.Addr { return netip.Addr{} }))
+	m.Set([]health.Target{{
+		Service: "fe-web",
+		Server:  "198.18.1.11",
+		Addr:    netip.MustParseAddrPort("198.18.1.11:5061"),
+		Check:   config.Health{Type: config.HealthNone}, // no probe is sent
+	}})
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // in cmd/pairlb: the process's lifetime
-	_ = m.Run(ctx)
-	// On reload: m.Set(targets(newCfg, ...)) while Run runs.
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	c := <-changes
+	fmt.Printf("%s %s up=%v: %s\n", c.Service, c.Server, c.Up, c.Reason)
+	cancel()
+	<-done
+	// Output: fe-web 198.18.1.11 up=true: initial state: no health check
 }

@@ -80,6 +80,17 @@ func (r *recorder) changesOf(server string) []Change {
 	return out
 }
 
+// probedAfter is the probes of ps that started after t.
+func probedAfter(ps []probeEvent, t time.Time) []probeEvent {
+	var out []probeEvent
+	for _, p := range ps {
+		if p.at.After(t) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func (r *recorder) probesOf(server string) []probeEvent {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -202,11 +213,12 @@ func TestMonitorHangingProbeDoesNotDelayOthers(t *testing.T) {
 		{Service: "web", Server: "good", Addr: good.Addr(t), Check: tcpCheck(interval, time.Second, 1, 1)},
 	})
 	stop := run(t, m)
-	time.Sleep(500 * time.Millisecond)
-
-	if n := len(rec.probesOf("good")); n < 10 {
-		t.Errorf("good target probed %d times in 500ms at a %s interval, want >= 10: the hanging probe delayed it", n, interval)
-	}
+	// Ten probes of the good target take about 200 ms; the hanging probe's timeout is 10 s, so
+	// within the wait the hanging one cannot have completed, and it must not have held the
+	// good one back.
+	eventually(t, 5*time.Second, "10 probes of the good target while the other hangs", func() bool {
+		return len(rec.probesOf("good")) >= 10
+	})
 	if n := len(rec.probesOf("hang")); n != 0 {
 		t.Errorf("hanging target completed %d probes, want 0 within its 10s timeout", n)
 	}
@@ -247,16 +259,17 @@ func TestMonitorSlowCheckDoesNotPileUp(t *testing.T) {
 	m.Set([]Target{{Service: "web", Server: "slow", Addr: slow.Addr(t),
 		Check: config.Health{Type: config.HealthHTTP, Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1}}})
 	stop := run(t, m)
-	time.Sleep(700 * time.Millisecond)
+	// Each check takes 150 ms at a 20 ms interval: had they overlapped, three would have
+	// piled up on the server by the time three completed.
+	eventually(t, 5*time.Second, "3 probes of 150 ms checks completed", func() bool {
+		return len(rec.probesOf("slow")) >= 3
+	})
 	stop()
 
 	if p := peak.Load(); p != 1 {
 		t.Errorf("peak of %d requests in flight at once, want 1", p)
 	}
 	probes := rec.probesOf("slow")
-	if len(probes) < 3 {
-		t.Errorf("%d probes completed in 700ms of 150ms checks, want >= 3", len(probes))
-	}
 	for _, p := range probes {
 		if p.err != nil {
 			t.Errorf("probe failed: %v", p.err)
@@ -315,7 +328,11 @@ func TestMonitorSetReconcile(t *testing.T) {
 	if !st[0].Since.Equal(sinceA) {
 		t.Errorf("a's Since changed from %v to %v on a restart", sinceA, st[0].Since)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Long enough for a wrong change to show: the restarted a and the new d have each been
+	// probed (d twice, its fall) since Set returned.
+	eventually(t, 5*time.Second, "a probed once and d twice after the Set", func() bool {
+		return len(probedAfter(rec.probesOf("a"), setReturned)) >= 1 && len(probedAfter(rec.probesOf("d"), setReturned)) >= 2
+	})
 
 	if diff := cmp.Diff([]Change{
 		{Service: "fe", Server: "a", Up: false, Reason: "initial state: down until the first passed check"},
@@ -364,6 +381,8 @@ func TestMonitorSetOutsideRun(t *testing.T) {
 	stop()
 	noProbeLoops(t)
 	m.Set([]Target{{Service: "s", Server: "y", Addr: live, Check: up}})
+	// Nothing may start: a short wait for a loop that must not appear (an absence has no
+	// event to wait for).
 	time.Sleep(50 * time.Millisecond)
 	if n := probeLoops(); n != 0 {
 		t.Errorf("%d probe loops after a Set following Run's end, want 0", n)
