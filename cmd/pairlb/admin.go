@@ -38,6 +38,7 @@ import (
 
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/health"
+	"github.com/pairlb/pairlb/internal/httpbound"
 	"github.com/pairlb/pairlb/lb"
 	"github.com/pairlb/pairlb/routing"
 )
@@ -144,17 +145,17 @@ func (d *daemon) startAdmin(ctx context.Context) (stop func(), err error) {
 	d.admin.listeners = nil
 	d.mu.Unlock()
 
-	// The bounds the redirector keeps (lb.NewHTTPServer): small headers, a header timeout, an
-	// error log on slog that a client cannot flood. No write timeout: a pprof profile or trace
-	// takes its time.
-	srv := lb.NewHTTPServer(d.adminHandler(), d.log, "admin")
+	// The bounds the redirector keeps (httpbound): small headers, a header timeout, an error
+	// log on slog that a client cannot flood. No write timeout: a pprof profile or trace takes
+	// its time.
+	srv := httpbound.NewServer(d.adminHandler(), d.log, "admin")
 	srv.IdleTimeout = 2 * time.Minute
 	var serving sync.WaitGroup
 	for _, l := range listeners {
 		serving.Add(1)
 		go func() {
 			defer serving.Done()
-			if err := srv.Serve(lb.LimitListener(l, adminMaxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(httpbound.Limit(l, adminMaxConns, nil)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				d.log.Error("admin server stopped", "addr", l.Addr().String(), "err", err)
 			}
 		}()
