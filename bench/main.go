@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // options are the settings of one invocation.
@@ -322,12 +324,9 @@ func buildPairlb(root, tmp string) (string, error) {
 	if root == "" {
 		return "", errors.New("pairlb: not in the pairlb repository, so cannot build ./cmd/pairlb; pass -pairlb BIN or leave pairlb out of -proxies")
 	}
-	bin := filepath.Join(tmp, "bin", "pairlb")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/pairlb")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building pairlb (go build -o %s ./cmd/pairlb): %w\n%s\n"+
-			"leave it out with -proxies direct,haproxy,nginx or pass -pairlb BIN", bin, err, out)
+	bin, err := testenv.BuildPairlb(filepath.Join(tmp, "bin"))
+	if err != nil {
+		return "", fmt.Errorf("%w\nleave it out with -proxies direct,haproxy,nginx or pass -pairlb BIN", err)
 	}
 	fmt.Println("built pairlb:", bin)
 	return bin, nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // udpServer answers each datagram with reply(request); a nil answer sends nothing. It records
@@ -237,13 +238,7 @@ func TestParseSTUNResponse(t *testing.T) {
 // CI=true where coturn is required.
 func startCoturn(t *testing.T) netip.AddrPort {
 	t.Helper()
-	bin, err := exec.LookPath("turnserver")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("turnserver (coturn) not found and CI=true requires it: apt-get install coturn")
-		}
-		t.Skip("turnserver (coturn) not installed; skipping (install coturn; under CI=true this is a failure)")
-	}
+	bin := testenv.Program(t, "coturn", "turnserver")
 	c, _ := NewChecker(config.Health{Type: config.HealthSTUN}, CheckerOptions{})
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pairlb/pairlb/internal/httpbound"
 )
 
 // redirectListener is the appliance's "Port 80 Redirector": an HTTP server that answers every
@@ -22,12 +24,12 @@ import (
 // It sits on the VIP in front of everyone, so whatever clients send costs a bounded amount: one
 // request per connection, read within the header timeout and a budget of bytes and lines
 // (budgetConn), and at most redirectMaxConns connections at once, the others waiting in the
-// kernel's accept queue (limitListener).
+// kernel's accept queue (httpbound.Limit).
 type redirectListener struct {
 	b   *Balancer
 	key listenerKey
 	ln  net.Listener // the listening socket
-	lim *limitListener
+	lim *httpbound.Listener
 	srv *http.Server
 	cur atomic.Pointer[binding]
 	// adopted: the socket was a forwarding listener's (a reload changed the kind); start
@@ -44,8 +46,8 @@ var redirectMaxConns = 1024
 
 func newRedirectListener(b *Balancer, k listenerKey, ln net.Listener, adopted bool) *redirectListener {
 	r := &redirectListener{b: b, key: k, ln: ln, adopted: adopted}
-	r.lim = newLimitListener(ln, redirectMaxConns, func(c net.Conn) net.Conn { return newBudgetConn(c, &r.readPeak) })
-	r.srv = NewHTTPServer(r, b.log, "redirector "+k.addr.String())
+	r.lim = httpbound.Limit(ln, redirectMaxConns, func(c net.Conn) net.Conn { return newBudgetConn(c, &r.readPeak) })
+	r.srv = httpbound.NewServer(r, b.log, "redirector "+k.addr.String())
 	// A client is sent elsewhere after one answer; keeping its connection would only hold a
 	// place (and let it spend the per-connection budget over many requests).
 	r.srv.SetKeepAlivesEnabled(false)

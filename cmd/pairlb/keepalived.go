@@ -7,15 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/syslog"
-	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/pairlb/pairlb/admin"
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/pair"
 )
 
 // `pairlb keepalived` renders keepalived.conf for one node of the pair. keepalived in turn runs
@@ -28,7 +27,8 @@ const keepalivedUsage = `usage:
   pairlb keepalived check -admin ADDR [-token-file FILE] [-timeout 1s]
       (keepalived's track script) exit 0 when pairlb at ADDR answers /readyz with 200
   pairlb keepalived notify -admin ADDR [-token-file FILE] GROUP|INSTANCE NAME STATE [PRIORITY]
-      (keepalived's notify script) log the transition; on MASTER ask pairlb to re-apply routing
+      (keepalived's notify script) log the transition; on MASTER ask pairlb to re-apply its
+      running configuration (the routing of the VIPs that arrived; the file is not read)
 `
 
 func cmdKeepalived(args []string, stdout, stderr io.Writer) int {
@@ -45,7 +45,7 @@ func cmdKeepalived(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(stderr, keepalivedUsage) }
 	path := fs.String("c", defaultConfig, "configuration file")
 	node := fs.String("node", "", "the pair node to render for (default: the one owning an address of this box)")
-	binary := fs.String("binary", "", "absolute path of pairlb on the node (default: "+config.DefaultBinary+")")
+	binary := fs.String("binary", "", "absolute path of pairlb on the node (default: "+pair.DefaultBinary+")")
 	out := fs.String("o", "", "write to this file (mode 0600, replaced atomically) instead of standard output")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -59,12 +59,12 @@ func cmdKeepalived(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	name, err := pairNode(cfg, *node)
+	name, err := pair.LocalNode(cfg, *node)
 	if err != nil {
 		fmt.Fprintln(stderr, "pairlb keepalived:", err)
 		return 1
 	}
-	conf, err := config.RenderKeepalivedWith(cfg, name, config.KeepalivedOptions{Binary: *binary})
+	conf, err := pair.RenderKeepalived(cfg, name, pair.KeepalivedOptions{Binary: *binary})
 	if err != nil {
 		fmt.Fprintln(stderr, "pairlb keepalived:", err)
 		return 1
@@ -78,34 +78,6 @@ func cmdKeepalived(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// pairNode is the node named, or when name is empty the node that owns one of this box's
-// addresses.
-func pairNode(cfg *config.Config, name string) (string, error) {
-	if cfg.Pair == nil {
-		return "", fmt.Errorf("%s has no pair section", cfg.Path)
-	}
-	if name != "" {
-		if cfg.Pair.Node(name) == nil {
-			return "", fmt.Errorf("no node %q in the pair of %s (want one of %s)", name, cfg.Path, strings.Join(cfg.Pair.NodeNames(), ", "))
-		}
-		return name, nil
-	}
-	ifaddrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return "", fmt.Errorf("listing this box's addresses: %w", err)
-	}
-	var local []netip.Addr
-	for _, a := range ifaddrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			local = append(local, p.Addr())
-		}
-	}
-	if n := cfg.Pair.NodeOwning(local); n != nil {
-		return n.Name, nil
-	}
-	return "", fmt.Errorf("this box holds no address of exactly one pair node (%s): name it with --node", strings.Join(cfg.Pair.NodeNames(), ", "))
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
@@ -149,20 +121,16 @@ func newAdminFlags(fs *flag.FlagSet, timeout time.Duration) adminFlags {
 	}
 }
 
-// adminRequest sends one request to a pairlb admin API, with the bearer token when there is one.
-func adminRequest(ctx context.Context, client *http.Client, method, addr, path, tokenFile string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	if tokenFile != "" {
-		tok, err := config.ReadAdminToken(tokenFile)
-		if err != nil {
+// client is the admin client the flags name, with the token of -token-file.
+func (f adminFlags) client() (*admin.Client, error) {
+	var tok []byte
+	if *f.tokenFile != "" {
+		var err error
+		if tok, err = config.ReadAdminToken(*f.tokenFile); err != nil {
 			return nil, err
 		}
-		req.Header.Set("Authorization", "Bearer "+string(tok))
 	}
-	return client.Do(req)
+	return admin.NewClient(*f.admin, tok), nil
 }
 
 // cmdKeepalivedCheck is keepalived's track script: it exits 0 only when the local pairlb says
@@ -177,15 +145,17 @@ func cmdKeepalivedCheck(args []string, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *af.timeout)
 	defer cancel()
-	resp, err := adminRequest(ctx, http.DefaultClient, http.MethodGet, *af.admin, "/readyz", *af.tokenFile)
-	if err != nil {
-		fmt.Fprintf(stderr, "pairlb keepalived check: not ready: %v\n", err)
-		return 1
+	c, err := af.client()
+	if err == nil {
+		err = c.Ready(ctx)
 	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "pairlb keepalived check: not ready: %s/readyz answered %s\n", *af.admin, resp.Status)
+	var answered *admin.HTTPError
+	switch {
+	case errors.As(err, &answered):
+		fmt.Fprintf(stderr, "pairlb keepalived check: not ready: %s/readyz answered %s\n", *af.admin, answered.Status)
+		return 1
+	case err != nil:
+		fmt.Fprintf(stderr, "pairlb keepalived check: not ready: %v\n", err)
 		return 1
 	}
 	return 0
@@ -194,8 +164,10 @@ func cmdKeepalivedCheck(args []string, stderr io.Writer) int {
 // cmdKeepalivedNotify is keepalived's notify script. keepalived appends the kind (GROUP or
 // INSTANCE), the name, the new state and for an instance its priority. The transition goes to
 // syslog (keepalived discards a script's output) and to standard error; on MASTER the local
-// pairlb is asked to reload, which re-applies the routing of the VIPs that just arrived. It
-// always exits 0: keepalived ignores the status, and a failed reload is logged by pairlb.
+// pairlb is asked to re-apply its running configuration (POST /api/v1/reapply), which installs
+// the routing of the VIPs that just arrived. It is not a reload: an edit of the file that nobody
+// reloaded must not come into force because of a failover. It always exits 0: keepalived
+// ignores the status, and a failed re-apply is logged by pairlb.
 func cmdKeepalivedNotify(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("keepalived notify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -219,15 +191,12 @@ func cmdKeepalivedNotify(args []string, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *af.timeout)
 	defer cancel()
-	resp, err := adminRequest(ctx, http.DefaultClient, http.MethodPost, *af.admin, "/api/v1/reload", *af.tokenFile)
+	c, err := af.client()
 	if err == nil {
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
-			err = errors.New(resp.Status)
-		}
+		_, err = c.Reapply(ctx)
 	}
 	if err != nil {
-		logNotify(stderr, "FAULT", fmt.Sprintf("pair transition: asking pairlb at %s to re-apply routing: %v", *af.admin, err))
+		logNotify(stderr, "FAULT", fmt.Sprintf("pair transition: asking pairlb at %s to re-apply its running configuration: %v", *af.admin, err))
 	}
 	return 0
 }

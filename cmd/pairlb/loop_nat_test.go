@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pairlb/pairlb/internal/netns"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // TestLoopThroughDNAT: a loop validate cannot see. The real server's address is one the box's
@@ -44,7 +42,7 @@ func TestLoopThroughDNAT(t *testing.T) {
 		}
 	}
 
-	bin := buildPairlb(t)
+	bin := testenv.Pairlb(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "pairlb.yaml")
 	mustOK(t, os.WriteFile(file, []byte(`global:
@@ -68,39 +66,10 @@ virtual_services:
 		}
 	})
 
-	// Sockets are made in the namespace only on the thread Do runs on: http.Client dials on a
-	// goroutine of its own, so the request is written by hand on a connection made here.
-	get := func(path string) (int, []byte, error) {
-		var code int
-		var body []byte
-		err := ns.Do(func() error {
-			c, err := net.DialTimeout("tcp", "127.0.0.1:9090", 2*time.Second)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-			if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path); err != nil {
-				return err
-			}
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			code = resp.StatusCode
-			body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			return err
-		})
-		return code, body, err
-	}
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if code, _, err := get("/readyz"); err == nil && code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pairlb not ready within 15 s")
-		}
+	api := nsAdmin(ns, "127.0.0.1:9090")
+	var err error
+	if !testenv.Eventually(15*time.Second, func() bool { err = api.Ready(context.Background()); return err == nil }) {
+		t.Fatalf("pairlb not ready within 15 s: %v", err)
 	}
 
 	// One client connection.
@@ -118,12 +87,8 @@ virtual_services:
 
 	var accepted, loops uint64
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		_, body, err := get("/api/v1/status")
+		st, err := api.Status(context.Background())
 		if err == nil {
-			var st statusResponse
-			if err := json.Unmarshal(body, &st); err != nil {
-				t.Fatalf("status: %v\n%s", err, body)
-			}
 			accepted, loops = st.VirtualServices[0].Accepted, 0
 			for _, d := range st.VirtualServices[0].Dropped {
 				if d.Reason == "loop" {

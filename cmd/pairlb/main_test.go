@@ -15,87 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pairlb/pairlb/internal/testenv"
 )
-
-// echoServer greets each connection on a free loopback port with name and echoes until EOF.
-func echoServer(t *testing.T, name string) string {
-	return greetServer(t, "127.0.0.1:0", name)
-}
-
-// greetServer listens on addr, greets each connection with greeting and echoes until EOF.
-func greetServer(t *testing.T, addr, greeting string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", greeting)
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
-}
-
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func serviceYAML(name string, port int, server string) string {
-	return fmt.Sprintf(`  - name: %s
-    vip: 127.0.0.1
-    ports: ["%d/tcp"]
-    scheduler: roundrobin
-    health: {type: none}
-    real_servers: [{address: "%s"}]
-`, name, port, server)
-}
-
-func greeting(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	s, err := bufio.NewReader(c).ReadString('\n')
-	return strings.TrimSpace(s), err
-}
-
-func waitGreeting(t *testing.T, addr, want string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err := greeting(addr)
-		if err == nil && got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: got %q, %v; want %q", addr, got, err, want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // lockedBuffer collects a child's stderr while the test reads it.
 type lockedBuffer struct {
@@ -113,16 +35,6 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-func buildPairlb(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "pairlb")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // child is a `pairlb run` started by a test: its stderr is kept, and the test's cleanup kills
@@ -198,23 +110,23 @@ func (c *child) stop(t *testing.T, within time.Duration) {
 // file keeps the old configuration serving, a SIGHUP with a valid file adds a listener while an
 // open connection survives, and SIGTERM exits 0.
 func TestRunReloadAndStop(t *testing.T) {
-	bin := buildPairlb(t)
-	be := echoServer(t, "fe1")
-	p1, p2 := freeTCPPort(t), freeTCPPort(t)
+	bin := testenv.Pairlb(t)
+	be := testenv.EchoServer(t, "fe1")
+	p1, p2 := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "pairlb.yaml")
-	head := fmt.Sprintf("global:\n  admin: 127.0.0.1:%d\n  drain_timeout: 5s\nvirtual_services:\n", freeTCPPort(t))
+	head := fmt.Sprintf("global:\n  admin: 127.0.0.1:%d\n  drain_timeout: 5s\nvirtual_services:\n", testenv.FreeTCPPort(t))
 	write := func(s string) {
 		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(head + serviceYAML("web", p1, be))
+	write(head + testenv.LoopbackService("web", p1, be))
 
 	p := runPairlb(t, bin, file)
 	addr1 := fmt.Sprintf("127.0.0.1:%d", p1)
 	addr2 := fmt.Sprintf("127.0.0.1:%d", p2)
-	waitGreeting(t, addr1, "fe1")
+	testenv.WaitGreeting(t, addr1, "fe1")
 
 	open, err := net.Dial("tcp", addr1)
 	if err != nil {
@@ -226,19 +138,22 @@ func TestRunReloadAndStop(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	write(head + serviceYAML("web", p1, be) + "    bogus_key: 1\n")
+	write(head + testenv.LoopbackService("web", p1, be) + "    bogus_key: 1\n")
 	p.signal(t, syscall.SIGHUP)
-	time.Sleep(300 * time.Millisecond)
-	if got, err := greeting(addr1); err != nil || got != "fe1" {
+	// The daemon says when it has rejected the reload; only then is "still serving" a finding.
+	if !testenv.Eventually(10*time.Second, func() bool { return strings.Contains(p.stderr.String(), "keeping the running configuration") }) {
+		t.Fatalf("the invalid reload was not rejected within 10s:\n%s", p.stderr.String())
+	}
+	if got, err := testenv.Greeting(addr1); err != nil || got != "fe1" {
 		t.Fatalf("after an invalid reload: %q %v", got, err)
 	}
 	if !strings.Contains(p.stderr.String(), "bogus_key") {
 		t.Errorf("the invalid reload's error is not logged:\n%s", p.stderr.String())
 	}
 
-	write(head + serviceYAML("web", p1, be) + serviceYAML("web2", p2, be))
+	write(head + testenv.LoopbackService("web", p1, be) + testenv.LoopbackService("web2", p2, be))
 	p.signal(t, syscall.SIGHUP)
-	waitGreeting(t, addr2, "fe1")
+	testenv.WaitGreeting(t, addr2, "fe1")
 	_ = open.SetDeadline(time.Now().Add(2 * time.Second))
 	fmt.Fprint(open, "ping")
 	buf := make([]byte, 4)
@@ -278,8 +193,8 @@ func TestValidate(t *testing.T) {
 // `pairlb run` used to close its listeners and hang, silent, until SIGTERM. It must exit 1 at
 // once with a message naming the address.
 func TestRunExitsWhenAListenerCannotOpen(t *testing.T) {
-	bin := buildPairlb(t)
-	be := echoServer(t, "fe1")
+	bin := testenv.Pairlb(t)
+	be := testenv.EchoServer(t, "fe1")
 	for _, taken := range []string{"admin", "vip"} {
 		t.Run(taken, func(t *testing.T) {
 			busy, err := net.Listen("tcp", "127.0.0.1:0")
@@ -287,14 +202,14 @@ func TestRunExitsWhenAListenerCannotOpen(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer busy.Close()
-			admin, vip := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t)), freeTCPPort(t)
+			admin, vip := fmt.Sprintf("127.0.0.1:%d", testenv.FreeTCPPort(t)), testenv.FreeTCPPort(t)
 			if taken == "admin" {
 				admin = busy.Addr().String()
 			} else {
 				vip = busy.Addr().(*net.TCPAddr).Port
 			}
 			file := filepath.Join(t.TempDir(), "pairlb.yaml")
-			yaml := fmt.Sprintf("global:\n  admin: %s\nvirtual_services:\n", admin) + serviceYAML("web", vip, be)
+			yaml := fmt.Sprintf("global:\n  admin: %s\nvirtual_services:\n", admin) + testenv.LoopbackService("web", vip, be)
 			if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 				t.Fatal(err)
 			}

@@ -4,11 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -24,6 +22,8 @@ import (
 
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/internal/netns"
+	"github.com/pairlb/pairlb/internal/testenv"
+	"github.com/pairlb/pairlb/pair"
 )
 
 // The failover test: two pairlb nodes, each with its keepalived, on a shared client segment (a
@@ -182,52 +182,16 @@ func vrrpChildOf(dir string, ka *proc) int {
 	return pid
 }
 
-// get asks the node's admin API from inside its namespace (an http.Client would dial from
-// goroutines outside it).
-func (n *foNode) get(path string) (int, []byte, error) {
-	var code int
-	var body []byte
-	err := n.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:9090", time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: 127.0.0.1:9090\r\n\r\n", path)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		code = resp.StatusCode
-		body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return err
-	})
-	return code, body, err
-}
-
 // accepted is the sum of connections_total over the node's virtual services, from its admin
 // API's GET /api/v1/status.
 func (n *foNode) accepted(t *testing.T) uint64 {
 	t.Helper()
-	var doc struct {
-		VirtualServices []struct {
-			Accepted uint64 `json:"connections_total"`
-		} `json:"virtual_services"`
-	}
-	code, body, err := n.get("/api/v1/status")
-	if err == nil && code != http.StatusOK {
-		err = fmt.Errorf("status %d: %s", code, body)
-	}
-	if err == nil {
-		err = json.Unmarshal(body, &doc)
-	}
+	st, err := nsAdmin(n.ns, "127.0.0.1:9090").Status(context.Background())
 	if err != nil {
 		t.Fatalf("%s: status: %v", n.name, err)
 	}
 	var sum uint64
-	for _, vs := range doc.VirtualServices {
+	for _, vs := range st.VirtualServices {
 		sum += vs.Accepted
 	}
 	return sum
@@ -236,7 +200,7 @@ func (n *foNode) accepted(t *testing.T) uint64 {
 // render writes the node's keepalived.conf, its scripts running bin.
 func (n *foNode) render(t *testing.T, cfg *config.Config, bin string) {
 	t.Helper()
-	out, err := config.RenderKeepalivedWith(cfg, n.name, config.KeepalivedOptions{Binary: bin})
+	out, err := pair.RenderKeepalived(cfg, n.name, pair.KeepalivedOptions{Binary: bin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,16 +377,12 @@ func untilServed(ns *netns.NS, src netip.Addr, start time.Time, limit time.Durat
 // script (`pairlb keepalived check`) asks it.
 func waitReady(t *testing.T, n *foNode) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		code, body, err := n.get("/readyz")
-		if err == nil && code == http.StatusOK {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: /readyz answers %d %q, %v", n.name, code, bytes.TrimSpace(body), err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var err error
+	if !testenv.Eventually(10*time.Second, func() bool {
+		err = nsAdmin(n.ns, "127.0.0.1:9090").Ready(context.Background())
+		return err == nil
+	}) {
+		t.Fatalf("%s: /readyz: %v", n.name, err)
 	}
 }
 
@@ -432,17 +392,11 @@ func waitReady(t *testing.T, n *foNode) {
 // servers, and that the standby neither served traffic nor restarted before taking over.
 func TestPairFailover(t *testing.T) {
 	netns.RequireRoot(t)
-	keepalived, err := exec.LookPath("keepalived")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("keepalived is not installed and CI=true forbids skipping this test")
-		}
-		t.Skip("keepalived is not installed (under CI=true this fails instead)")
-	}
+	keepalived := testenv.Program(t, "keepalived", "keepalived")
 	if testing.Short() {
 		t.Skip("-short: the failover test takes about 30 s")
 	}
-	bin := buildPairlb(t)
+	bin := testenv.Pairlb(t)
 
 	lab := netns.ForTest(t)
 	mk := func(short string) *netns.NS { return lab.MustNamespace(t, short) }

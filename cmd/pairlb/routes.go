@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/internal/capability"
 	"github.com/pairlb/pairlb/routing"
 )
 
@@ -49,7 +50,7 @@ func cmdRoutes(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pairlb routes: unknown action %q\n\n%s", action, routesUsage)
 		return 2
 	}
-	if action != "show" && !netAdmin() {
+	if action != "show" && !capability.NetAdmin() {
 		fmt.Fprintf(stderr, "pairlb routes %s: needs CAP_NET_ADMIN; run as root or with that capability\n", action)
 		return 1
 	}
@@ -58,7 +59,7 @@ func cmdRoutes(args []string, stdout, stderr io.Writer) int {
 	// (setns) needs the privilege an unprivileged `show` lacks; its sockets are made in the
 	// calling thread's namespace anyway.
 	var opts []routing.Option
-	if netAdmin() {
+	if capability.NetAdmin() {
 		ns, err := netns.Get()
 		if err != nil {
 			fmt.Fprintf(stderr, "pairlb routes: opening the network namespace: %v\n", err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	plbns "github.com/pairlb/pairlb/internal/netns"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 const routesYAML = `global:
@@ -118,7 +119,7 @@ func TestRoutesCommandInNamespace(t *testing.T) {
 	if setpriv, err := exec.LookPath("setpriv"); err != nil {
 		t.Log("no setpriv: the unprivileged show is not checked")
 	} else {
-		bin := buildPairlb(t)
+		bin := testenv.Pairlb(t)
 		for _, p := range []string{filepath.Dir(filepath.Dir(file)), filepath.Dir(bin), filepath.Dir(file)} { // the test's temporary directories are 0700
 			if err := os.Chmod(p, 0o755); err != nil {
 				t.Fatal(err)

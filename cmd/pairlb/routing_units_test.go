@@ -2,7 +2,7 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -17,7 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pairlb/pairlb/admin"
 	"github.com/pairlb/pairlb/internal/netns"
+	"github.com/pairlb/pairlb/internal/testenv"
 	"github.com/pairlb/pairlb/routing"
 )
 
@@ -51,7 +53,7 @@ virtual_services:
 
 func TestRunWithTheDMZLinkDown(t *testing.T) {
 	lab := netns.ForTest(t)
-	bin := buildPairlb(t)
+	bin := testenv.Pairlb(t)
 	box, rtr, dmz := lab.MustNamespace(t, "ubox"), lab.MustNamespace(t, "urtr"), lab.MustNamespace(t, "udmz")
 	pfx := netip.MustParsePrefix
 	for _, err := range []error{
@@ -79,15 +81,15 @@ func TestRunWithTheDMZLinkDown(t *testing.T) {
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		code, _, err := nsGet(box, "127.0.0.1:9090", "/readyz")
-		if err == nil && code == http.StatusOK {
+		err := nsAdmin(box, "127.0.0.1:9090").Ready(context.Background())
+		if err == nil {
 			break
 		}
 		if !p.alive() {
 			t.Fatalf("pairlb exited at start with the DMZ link down:\n%s", p.output())
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pairlb not ready within 10s: %d, %v", code, err)
+			t.Fatalf("pairlb not ready within 10s: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -234,60 +236,35 @@ func nsLine(ns *netns.NS, addr string) (string, error) {
 	return strings.TrimSuffix(line, "\n"), err
 }
 
-// nsGet sends GET path to the admin API at addr inside ns.
-func nsGet(ns *netns.NS, addr, path string) (int, []byte, error) {
-	var code int
-	var body []byte
-	err := ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		code = resp.StatusCode
-		body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return err
-	})
-	return code, body, err
+// nsHTTP is an HTTP client whose connections are made inside ns (an ordinary client dials
+// from goroutines outside it).
+func nsHTTP(ns *netns.NS) *http.Client {
+	return &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
 }
 
-func nsStatus(t *testing.T, ns *netns.NS) statusResponse {
-	t.Helper()
-	code, body, err := nsGet(ns, "127.0.0.1:9090", "/api/v1/status")
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("GET /api/v1/status: %d, %v", code, err)
+// nsAdmin is the admin client of the pairlb whose admin API is at addr inside ns.
+func nsAdmin(ns *netns.NS, addr string) *admin.Client {
+	c := admin.NewClient(addr, nil)
+	c.HTTP = nsHTTP(ns)
+	return c
+}
+
+// nsGet sends GET path to the HTTP server at addr inside ns.
+func nsGet(ns *netns.NS, addr, path string) (int, []byte, error) {
+	resp, err := nsHTTP(ns).Get("http://" + addr + path)
+	if err != nil {
+		return 0, nil, err
 	}
-	var st statusResponse
-	if err := json.Unmarshal(body, &st); err != nil {
-		t.Fatalf("decoding the status: %v\n%s", err, body)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, body, err
+}
+
+func nsStatus(t *testing.T, ns *netns.NS) *admin.Status {
+	t.Helper()
+	st, err := nsAdmin(ns, "127.0.0.1:9090").Status(context.Background())
+	if err != nil {
+		t.Fatalf("GET /api/v1/status: %v", err)
 	}
 	return st
-}
-
-func TestPrintStatusRoutingProblems(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	st := &statusResponse{Version: "dev", Ready: true, VirtualServices: []serviceView{}, Routing: &routingView{Units: 3, Problems: []routingProblem{{
-		Kind: "gateway", Unit: "gateway 2001:db8:1::1", Gateway: "2001:db8:1::1", Family: "ipv6", Services: []string{"fe-web-v6", "fe-sip-v6"},
-		Reason: "the gateway is on no connected subnet of this box", Since: now.Add(-90 * time.Second),
-	}}}}
-	var b strings.Builder
-	printStatus(&b, st, now)
-	want := "routing: parts of the plan not installed (retried when links or addresses change):\n" +
-		"  gateway 2001:db8:1::1 (fe-web-v6, fe-sip-v6): the gateway is on no connected subnet of this box, for 1m30s\n"
-	if !strings.Contains(b.String(), want) {
-		t.Errorf("status lacks\n%s\ngot\n%s", want, b.String())
-	}
-	b.Reset()
-	st.Routing.Problems = nil
-	printStatus(&b, st, now)
-	if strings.Contains(b.String(), "routing") {
-		t.Errorf("status without routing problems mentions routing:\n%s", b.String())
-	}
 }

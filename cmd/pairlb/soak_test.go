@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // TestSoak runs the real binary for a minute under everything at once: reloads (SIGHUP and the
@@ -37,7 +39,7 @@ func TestSoak(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("PAIRLB_SOAK")); err == nil && d > 0 {
 		soakFor = d // a shorter run while working on the test itself
 	}
-	bin := buildPairlb(t)
+	bin := testenv.Pairlb(t)
 
 	// Three TCP servers and two UDP servers; each can be killed (every connection cut) and
 	// brought back on the same address.
@@ -50,9 +52,9 @@ func TestSoak(t *testing.T) {
 		udps = append(udps, startSoakUDP(t, fmt.Sprintf("127.0.0.%d:0", i+2), fmt.Sprintf("udp%d", i+1)))
 	}
 
-	webPort, extraPort := freeTCPPort(t), freeTCPPort(t)
-	udpPort := freeUDPPort(t)
-	adminAddr := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
+	webPort, extraPort := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
+	udpPort := testenv.FreeUDPPort(t)
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreeTCPPort(t))
 	dir := t.TempDir()
 	file := filepath.Join(dir, "pairlb.yaml")
 	// Two valid files the reloads alternate between (b adds a service and changes weights),
@@ -338,16 +340,6 @@ func soakReload(admin string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	return resp.StatusCode, string(b)
-}
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
 // soakResults collects what the clients saw. A failure is an exchange that failed while its

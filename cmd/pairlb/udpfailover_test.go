@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // TestUDPClientLeavesAKilledServer is the STUN client of issue 12: it keeps sending from one
@@ -16,8 +18,8 @@ import (
 func TestUDPClientLeavesAKilledServer(t *testing.T) {
 	a := startSoakUDP(t, "127.0.0.2:0", "udp1")
 	b := startSoakUDP(t, "127.0.0.3:0", "udp2")
-	port := freeUDPPort(t)
-	startDaemon(t, "", fmt.Sprintf(`  - name: media
+	port := testenv.FreeUDPPort(t)
+	servePairlb(t, testenv.Pairlb(t), "t0ken", fmt.Sprintf(`  - name: media
     vip: 127.0.0.1
     ports: ["%d/udp"]
     health: {type: stun}

@@ -4,30 +4,14 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/internal/netns"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
-
-// buildPairlb builds cmd/pairlb, the binary the lab runs in its namespaces.
-func buildPairlb(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = "/usr/local/go/bin/go"
-	}
-	bin := filepath.Join(t.TempDir(), "pairlb")
-	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/pairlb/pairlb/cmd/pairlb").CombinedOutput()
-	if err != nil {
-		t.Fatalf("building pairlb: %v\n%s", err, out)
-	}
-	return bin
-}
 
 type logWriter struct{ t *testing.T }
 
@@ -54,7 +38,7 @@ func assertGone(t *testing.T, prefix, stateDir string) {
 func TestLab(t *testing.T) {
 	netns.RequireRoot(t)
 	t.Parallel()
-	bin := buildPairlb(t)
+	bin := testenv.Pairlb(t)
 	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -123,7 +107,7 @@ func TestLab(t *testing.T) {
 func TestLabCatchesAsymmetry(t *testing.T) {
 	netns.RequireRoot(t)
 	t.Parallel()
-	bin := buildPairlb(t)
+	bin := testenv.Pairlb(t)
 	stateDir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -7,7 +7,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pairlb/pairlb/admin"
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/lb"
 )
 
 // StatusCheck is `pairlb status` of the lab's own binary, run in the box after the traffic: the
@@ -44,38 +46,11 @@ func (r *run) status(ctx context.Context, cfgPath string) *StatusCheck {
 	return sc
 }
 
-// statusJSON is the part of GET /api/v1/status (cmd/pairlb's statusResponse) the check reads.
-type statusJSON struct {
-	Ready           bool            `json:"ready"`
-	VirtualServices []statusService `json:"virtual_services"`
-}
-
-type statusService struct {
-	Name        string         `json:"name"`
-	Ports       []statusPort   `json:"ports"`
-	RealServers []statusServer `json:"real_servers"`
-}
-
-type statusPort struct {
-	Listen   uint16 `json:"listen"`
-	Proto    string `json:"proto"`
-	Accepted uint64 `json:"connections_total"`
-}
-
-type statusServer struct {
-	Address string `json:"address"`
-	State   string `json:"state"`
-	Up      bool   `json:"up"`
-	Health  *struct {
-		Up bool `json:"up"`
-	} `json:"health"` // nil: not probed
-}
-
 // check compares a --json answer with the configuration: every virtual service listed, every
 // enabled real server of a non-redirect service enabled and up, and a non-zero connection
 // counter on every port a row sent requests to.
 func (sc *StatusCheck) check(cfg *config.Config, rows []*Row, data []byte) {
-	var st statusJSON
+	var st admin.Status
 	if err := json.Unmarshal(data, &st); err != nil {
 		sc.Problems = append(sc.Problems, fmt.Sprintf("decoding `pairlb status --json`: %v", err))
 		return
@@ -85,7 +60,7 @@ func (sc *StatusCheck) check(cfg *config.Config, rows []*Row, data []byte) {
 		fail("pairlb says it is not ready")
 	}
 	find := func(name string) int {
-		return slices.IndexFunc(st.VirtualServices, func(v statusService) bool { return v.Name == name })
+		return slices.IndexFunc(st.VirtualServices, func(v admin.VirtualService) bool { return v.Name == name })
 	}
 	for _, vs := range cfg.VirtualServices {
 		i := find(vs.Name)
@@ -102,7 +77,7 @@ func (sc *StatusCheck) check(cfg *config.Config, rows []*Row, data []byte) {
 			if !rs.Enabled {
 				continue
 			}
-			j := slices.IndexFunc(got, func(g statusServer) bool { return g.Address == rs.Key() })
+			j := slices.IndexFunc(got, func(g admin.RealServer) bool { return g.Address == rs.Key() })
 			switch {
 			case j < 0:
 				fail("%s: real server %s not listed", vs.Name, rs.Key())
@@ -121,7 +96,7 @@ func (sc *StatusCheck) check(cfg *config.Config, rows []*Row, data []byte) {
 			continue
 		}
 		ports := st.VirtualServices[i].Ports
-		j := slices.IndexFunc(ports, func(p statusPort) bool {
+		j := slices.IndexFunc(ports, func(p lb.PortStatus) bool {
 			return p.Listen == row.Port.Listen && p.Proto == string(row.Port.Proto)
 		})
 		switch {

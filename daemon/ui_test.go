@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -6,28 +6,20 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // chromiumPath finds the browser for the status-page tests. Under CI=true a missing browser is a
 // failure (the test command installs the Debian package chromium); elsewhere the test skips.
 func chromiumPath(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("chromium is not installed; the test command installs the Debian package chromium")
-	}
-	t.Skip("chromium is not installed (under CI=true this fails instead)")
-	return ""
+	return testenv.Program(t, "chromium", "chromium", "chromium-browser")
 }
 
 // browser starts a headless Chromium with a fresh profile that talks to nothing but loopback,
@@ -71,7 +63,7 @@ func runBrowser(t *testing.T, ctx context.Context, what string, steps ...chromed
 // listenOn starts a TCP server on a loopback address of the caller's choice that greets with
 // that address.
 func listenOn(t *testing.T, ip string, port int) string {
-	return greetServer(t, net.JoinHostPort(ip, fmt.Sprint(port)), ip)
+	return testenv.GreetServer(t, net.JoinHostPort(ip, fmt.Sprint(port)), ip)
 }
 
 // pump sends n bytes through addr, half-closes and reads everything back.
@@ -95,16 +87,16 @@ func pump(t *testing.T, addr string, n int) {
 // TestStatusPage drives the page in Chromium: the services are listed, Drain on a server sets
 // it draining in the daemon, and the page shows it. PAIRLB_SCREENSHOT=path saves a PNG of the
 // page (docs/status-page.png is made with
-// `PAIRLB_SCREENSHOT=$PWD/docs/status-page.png go test ./cmd/pairlb -run TestStatusPage$`).
+// `PAIRLB_SCREENSHOT=$PWD/docs/status-page.png go test ./daemon -run TestStatusPage$`).
 func TestStatusPage(t *testing.T) {
 	ctx := browser(t)
 	// Loopback stand-ins for a Front End pool (two up, one without a listener) and an Edge pool.
-	fePort := freeTCPPort(t)
+	fePort := testenv.FreeTCPPort(t)
 	listenOn(t, "127.0.11.11", fePort)
 	listenOn(t, "127.0.11.12", fePort)
 	fe2, fe3 := "127.0.11.12", "127.0.11.13" // real-server keys
 	edge1, edge2 := listenOn(t, "127.0.21.11", 0), listenOn(t, "127.0.21.12", 0)
-	web, edgePort := freeTCPPort(t), freeTCPPort(t)
+	web, edgePort := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
 	services := fmt.Sprintf(`  - name: fe-pool-sip
     vip: 127.0.0.1
     ports: ["%d/tcp->%d", "%d/tcp->%d"]
@@ -127,11 +119,11 @@ func TestStatusPage(t *testing.T) {
     vip: 127.0.0.1
     ports: ["%d/tcp"]
     redirect: "https://%%h%%s"
-`, web, fePort, freeTCPPort(t), fePort, "127.0.11.11", "127.0.11.12", fe3,
-		edgePort, edge1, edge2, freeTCPPort(t), freeTCPPort(t))
+`, web, fePort, testenv.FreeTCPPort(t), fePort, "127.0.11.11", "127.0.11.12", fe3,
+		edgePort, edge1, edge2, testenv.FreeTCPPort(t), testenv.FreeTCPPort(t))
 	td := startDaemon(t, "", services)
 	// Some traffic, so that the counters are not all zero.
-	waitGreeting(t, fmt.Sprintf("127.0.0.1:%d", web), "127.0.11.11")
+	testenv.WaitGreeting(t, fmt.Sprintf("127.0.0.1:%d", web), "127.0.11.11")
 	for i := range 6 {
 		pump(t, fmt.Sprintf("127.0.0.1:%d", web), 20000*(i+1))
 		pump(t, fmt.Sprintf("127.0.0.1:%d", edgePort), 3000*(i+1))
@@ -185,7 +177,7 @@ func TestStatusPage(t *testing.T) {
 	)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if s := findServer(td.status(t, ""), "fe-pool-sip", fe2); s != nil && s.State == "draining" {
+		if s := td.status(t, "").Find("fe-pool-sip", fe2); s != nil && s.State == "draining" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -214,7 +206,7 @@ func TestStatusPage(t *testing.T) {
 // then lists the services.
 func TestStatusPageToken(t *testing.T) {
 	ctx := browser(t)
-	td := startDaemon(t, "page-token", serviceYAML("web", freeTCPPort(t), echoServer(t, "a")))
+	td := startDaemon(t, "page-token", testenv.LoopbackService("web", testenv.FreeTCPPort(t), testenv.EchoServer(t, "a")))
 	runBrowser(t, ctx, "the token form",
 		chromedp.Navigate(td.admin+"/"),
 		chromedp.WaitVisible(chromedp.CSS(`#token-form`)),

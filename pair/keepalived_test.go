@@ -1,10 +1,11 @@
-package config
+package pair
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"flag"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,28 +15,65 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/internal/netns"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
-// lyncPair is the Lync example with its VRRP secret read from testdata.
-func lyncPair(t *testing.T) *Config {
+// loadExample parses one of config's example files.
+func loadExample(t *testing.T, name string) *config.Config {
 	t.Helper()
-	cfg := loadExample(t, "lync2013-single-pair.yaml")
-	cfg.Pair.AuthSecretFile = "testdata/vrrp.secret"
-	secret, _, err := readVRRPSecret(cfg.Pair.AuthSecretFile)
+	data, err := fs.ReadFile(config.Examples, "examples/"+name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Pair.AuthSecret = secret
+	cfg, err := config.Parse(name, data)
+	if err != nil {
+		t.Fatalf("example %s does not load:\n%v", name, err)
+	}
 	return cfg
 }
+
+// lyncPair is the Lync example with its VRRP secret from testdata, as config.Load reads it
+// (the first line).
+func lyncPair(t *testing.T) *config.Config {
+	t.Helper()
+	cfg := loadExample(t, "lync2013-single-pair.yaml")
+	cfg.Pair.AuthSecretFile = "testdata/vrrp.secret"
+	b, err := os.ReadFile(cfg.Pair.AuthSecretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	cfg.Pair.AuthSecret = strings.TrimSpace(line)
+	return cfg
+}
+
+// pairFile and validPair are a small pair as config's own tests write it.
+func pairFile(pair string) string {
+	return `virtual_services:
+  - {name: in, vip: 198.51.100.10, ports: ["443/tcp"], default_gateway: 198.51.100.1, real_servers: [{address: 198.18.2.11}]}
+  - {name: out, vip: 203.0.113.10, ports: ["443/tcp"], real_servers: [{address: 198.18.2.11}]}
+  - {name: out2, vip: 203.0.113.11, ports: ["443/tcp"], real_servers: [{address: 198.18.2.11}]}
+# the pair
+pair:
+` + pair
+}
+
+const validPair = `  networks:
+    - {name: inside, interface: eth1, prefix: 198.51.100.0/24, vrid: 51}
+    - {name: outside, interface: eth2, prefix: 203.0.113.0/24, vrid: 52}
+  nodes:
+    - {name: lb1, priority: 150, addresses: {inside: 198.51.100.2, outside: 203.0.113.2}, admin: 198.51.100.2:9090}
+    - {name: lb2, priority: 100, addresses: {inside: 198.51.100.3, outside: 203.0.113.3}}
+`
 
 func TestRenderKeepalivedGolden(t *testing.T) {
 	cfg := lyncPair(t)
 	for _, node := range []string{"lb1", "lb2"} {
-		got, err := RenderKeepalived(cfg, node)
+		got, err := RenderKeepalived(cfg, node, KeepalivedOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +86,7 @@ func TestRenderKeepalivedGolden(t *testing.T) {
 		}
 		want, err := os.ReadFile(golden)
 		if err != nil {
-			t.Fatalf("%v (run go test ./config -run Golden -update to create it)", err)
+			t.Fatalf("%v (run go test ./pair -run Golden -update to create it)", err)
 		}
 		if diff := cmp.Diff(string(want), string(got)); diff != "" {
 			t.Errorf("%s (-want +got; -update rewrites it):\n%s", golden, diff)
@@ -58,11 +96,11 @@ func TestRenderKeepalivedGolden(t *testing.T) {
 
 func TestRenderKeepalivedVariants(t *testing.T) {
 	src := pairFile(validPair + "  vrrp_version: 3\n  advert_interval: 200ms\n  preempt: true\n  preempt_delay: 1500ms\n")
-	cfg, err := Parse("v3.yaml", []byte(src))
+	cfg, err := config.Parse("v3.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := RenderKeepalivedWith(cfg, "lb2", KeepalivedOptions{Binary: "/opt/pairlb/bin/pairlb"})
+	out, err := RenderKeepalived(cfg, "lb2", KeepalivedOptions{Binary: "/opt/pairlb/bin/pairlb"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,11 +135,11 @@ virtual_services:
   - {name: in, vip: 198.51.100.10, ports: ["443/tcp"], real_servers: [{address: 198.18.2.11}]}
 pair:
 ` + one
-	cfg, err = Parse("one.yaml", []byte(src))
+	cfg, err = config.Parse("one.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err = RenderKeepalived(cfg, "lb1")
+	out, err = RenderKeepalived(cfg, "lb1", KeepalivedOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,12 +163,36 @@ pair:
 		pr := *cfg.Pair
 		c.Pair = &pr
 		pr.AuthSecretFile = tc.secret
-		if _, err := RenderKeepalivedWith(&c, tc.node, tc.opt); err == nil || !strings.Contains(err.Error(), tc.msg) {
+		if _, err := RenderKeepalived(&c, tc.node, tc.opt); err == nil || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.msg)
 		}
 	}
-	if _, err := RenderKeepalived(loadExample(t, "loopback.yaml"), "lb1"); err == nil || !strings.Contains(err.Error(), "no pair section") {
+	if _, err := RenderKeepalived(loadExample(t, "loopback.yaml"), "lb1", KeepalivedOptions{}); err == nil || !strings.Contains(err.Error(), "no pair section") {
 		t.Errorf("loopback example: error %v, want no pair section", err)
+	}
+}
+
+// TestRenderKeepalivedFromLoad: the renderer uses the secret config.Load read, and only it.
+func TestRenderKeepalivedFromLoad(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "vrrp.secret")
+	if err := os.WriteFile(secret, []byte("Lync2013\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "pairlb.yaml")
+	if err := os.WriteFile(file, []byte(pairFile(validPair+"  auth_secret_file: "+secret+"\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := RenderKeepalived(cfg, "lb1", KeepalivedOptions{})
+	if err != nil {
+		t.Fatalf("render from the secret Load read: %v", err)
+	}
+	if !bytes.Contains(out, []byte("auth_pass Lync2013\n")) {
+		t.Errorf("the rendered file lacks the secret:\n%s", out)
 	}
 }
 
@@ -138,13 +200,7 @@ pair:
 // namespace holding the interfaces they name. keepalived -t needs the interfaces and the
 // script to exist: the script is a root-owned stand-in, since only its path is checked.
 func TestRenderKeepalivedAccepted(t *testing.T) {
-	keepalived, err := exec.LookPath("keepalived")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("keepalived is not installed and CI=true forbids skipping this test")
-		}
-		t.Skip("keepalived is not installed (under CI=true this fails instead)")
-	}
+	keepalived := testenv.Program(t, "keepalived", "keepalived")
 	lab := netns.ForTest(t)
 	ns, err := lab.Namespace("ka")
 	if err != nil {
@@ -166,7 +222,7 @@ func TestRenderKeepalivedAccepted(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, node := range cfg.Pair.NodeNames() {
-		out, err := RenderKeepalivedWith(cfg, node, KeepalivedOptions{Binary: bin})
+		out, err := RenderKeepalived(cfg, node, KeepalivedOptions{Binary: bin})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -17,11 +17,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/pairlb/pairlb/admin"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // testDaemon is an in-process `pairlb run` on loopback.
 type testDaemon struct {
-	d      *daemon
+	d      *Daemon
 	file   string
 	admin  string // http://127.0.0.1:PORT
 	head   string // the global section, for rewriting the file
@@ -33,7 +36,7 @@ type testDaemon struct {
 // file holding it.
 func adminHead(t *testing.T, dir, token string) (head, adminAddr string) {
 	t.Helper()
-	adminAddr = fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
+	adminAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreeTCPPort(t))
 	head = fmt.Sprintf("global:\n  admin: %s\n  drain_timeout: 5s\n", adminAddr)
 	if token != "" {
 		tf := filepath.Join(dir, "token")
@@ -56,29 +59,31 @@ func startDaemon(t *testing.T, token, services string) *testDaemon {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	d, err := newDaemon(log, td.file)
+	d, err := New(Options{Log: log, Path: td.file, Version: "dev"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	td.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	td.cancel, td.done = cancel, make(chan error, 1)
-	go func() { td.done <- d.run(ctx) }()
+	go func() { td.done <- d.Run(ctx) }()
 	t.Cleanup(func() { td.stop(t) })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get(td.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return td
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the daemon is not ready after 10s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testenv.Eventually(10*time.Second, func() bool {
+		err = td.client().Ready(context.Background())
+		return err == nil
+	}) {
+		t.Fatalf("the daemon is not ready after 10s: %v", err)
 	}
+	return td
+}
+
+// client is the admin client for td, with token.
+func (td *testDaemon) client(token ...string) *admin.Client {
+	c := admin.NewClient(strings.TrimPrefix(td.admin, "http://"), nil)
+	if len(token) > 0 && token[0] != "" {
+		c.Token = []byte(token[0])
+	}
+	return c
 }
 
 func (td *testDaemon) write(t *testing.T, services string) {
@@ -139,37 +144,19 @@ func (td *testDaemon) call(t *testing.T, method, path, token string, hdr ...stri
 	return apiResponse{code: resp.StatusCode, header: resp.Header, body: body}
 }
 
-func (td *testDaemon) status(t *testing.T, token string) statusResponse {
+func (td *testDaemon) status(t *testing.T, token string) *admin.Status {
 	t.Helper()
-	r := td.call(t, http.MethodGet, "/api/v1/status", token)
-	if r.code != http.StatusOK {
-		t.Fatalf("status: %v", r)
-	}
-	var st statusResponse
-	if err := json.Unmarshal(r.body, &st); err != nil {
-		t.Fatalf("status: %v\n%s", err, r.body)
+	st, err := td.client(token).Status(context.Background())
+	if err != nil {
+		t.Fatalf("status: %v", err)
 	}
 	return st
-}
-
-func findServer(st statusResponse, vs, rs string) *serverView {
-	for _, s := range st.VirtualServices {
-		if s.Name != vs {
-			continue
-		}
-		for i := range s.RealServers {
-			if s.RealServers[i].Address == rs {
-				return &s.RealServers[i]
-			}
-		}
-	}
-	return nil
 }
 
 // wantJSONError checks an answer's code and that its body is a JSON error mentioning want.
 func wantJSONError(t *testing.T, what string, r apiResponse, code int, want string) {
 	t.Helper()
-	var e apiError
+	var e admin.ErrorResponse
 	if r.code != code || json.Unmarshal(r.body, &e) != nil || !strings.Contains(e.Error+strings.Join(e.Errors, "\n"), want) {
 		t.Errorf("%s: got %v, want %d with a JSON error containing %q", what, r, code, want)
 	}
@@ -192,19 +179,19 @@ func tcpHealthService(name string, port int, servers ...string) string {
 }
 
 func TestAdminStatusAndServerActions(t *testing.T) {
-	a, b := echoServer(t, "a"), echoServer(t, "b")
+	a, b := testenv.EchoServer(t, "a"), testenv.EchoServer(t, "b")
 	// A port nobody listens on: its health check fails.
-	dead := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
-	port := freeTCPPort(t)
-	td := startDaemon(t, "", tcpHealthService("web", port, a, b, dead)+serviceYAML("other", freeTCPPort(t), a))
+	dead := fmt.Sprintf("127.0.0.1:%d", testenv.FreeTCPPort(t))
+	port := testenv.FreeTCPPort(t)
+	td := startDaemon(t, "", tcpHealthService("web", port, a, b, dead)+testenv.LoopbackService("other", testenv.FreeTCPPort(t), a))
 
-	waitGreeting(t, fmt.Sprintf("127.0.0.1:%d", port), "a")
+	testenv.WaitGreeting(t, fmt.Sprintf("127.0.0.1:%d", port), "a")
 	// Health: a and b come up on their first passed check, dead stays down with a reason.
 	deadline := time.Now().Add(10 * time.Second)
-	var st statusResponse
+	var st *admin.Status
 	for {
 		st = td.status(t, "")
-		sa, sb, sd := findServer(st, "web", a), findServer(st, "web", b), findServer(st, "web", dead)
+		sa, sb, sd := st.Find("web", a), st.Find("web", b), st.Find("web", dead)
 		if sa != nil && sa.Up && sa.Health != nil && sa.Health.LastCheck != nil && sb != nil && sb.Up &&
 			sd != nil && sd.Health != nil && sd.Health.LastError != "" {
 			break
@@ -221,13 +208,13 @@ func TestAdminStatusAndServerActions(t *testing.T) {
 	if web.Name != "web" || len(web.Ports) != 1 || web.Ports[0].Listen != uint16(port) || len(web.RealServers) != 3 {
 		t.Fatalf("web: %+v", web)
 	}
-	if sa := findServer(st, "web", a); sa.State != "enabled" || !sa.Available || sa.Health.Check != "tcp" || sa.Health.Address != a || sa.Total < 1 {
+	if sa := st.Find("web", a); sa.State != "enabled" || !sa.Available || sa.Health.Check != "tcp" || sa.Health.Address != a || sa.Total < 1 {
 		t.Errorf("server a: %+v health %+v", sa, sa.Health)
 	}
-	if sd := findServer(st, "web", dead); sd.Up || sd.Available {
+	if sd := st.Find("web", dead); sd.Up || sd.Available {
 		t.Errorf("the dead server is up: %+v", sd)
 	}
-	if so := findServer(st, "other", a); so == nil || !so.Up || so.Health == nil || so.Health.Check != "none" {
+	if so := st.Find("other", a); so == nil || !so.Up || so.Health == nil || so.Health.Check != "none" {
 		t.Errorf("other's server: %+v", so)
 	}
 
@@ -236,25 +223,25 @@ func TestAdminStatusAndServerActions(t *testing.T) {
 		t.Fatalf("drain: %v", r)
 	}
 	r := td.call(t, http.MethodPost, "/api/v1/virtual-services/web/real-servers/"+strings.ReplaceAll(a, ":", "%3A")+"/disable", "")
-	var got serverActionResponse
-	if r.code != http.StatusOK || json.Unmarshal(r.body, &got) != nil || got != (serverActionResponse{"web", a, "disabled"}) {
+	var got admin.ServerState
+	if r.code != http.StatusOK || json.Unmarshal(r.body, &got) != nil || got != (admin.ServerState{VirtualService: "web", RealServer: a, State: "disabled"}) {
 		t.Errorf("disable with an escaped colon: %v", r)
 	}
-	if s := findServer(td.status(t, ""), "web", a); s.State != "disabled" || s.Available {
+	if s := td.status(t, "").Find("web", a); s.State != "disabled" || s.Available {
 		t.Errorf("after disable: %+v", s)
 	}
 	r = td.call(t, http.MethodPost, "/api/v1/virtual-services/web/real-servers/"+a+"/drain", "")
-	if r.code != http.StatusOK || findServer(td.status(t, ""), "web", a).State != "draining" {
+	if r.code != http.StatusOK || td.status(t, "").Find("web", a).State != "draining" {
 		t.Errorf("drain: %v", r)
 	}
 	// New connections go to b now.
 	for range 3 {
-		if g, err := greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || g != "b" {
+		if g, err := testenv.Greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || g != "b" {
 			t.Errorf("with a draining: greeting %q, %v", g, err)
 		}
 	}
 	r = td.call(t, http.MethodPost, "/api/v1/virtual-services/web/real-servers/"+a+"/enable", "")
-	if r.code != http.StatusOK || findServer(td.status(t, ""), "web", a).State != "enabled" {
+	if r.code != http.StatusOK || td.status(t, "").Find("web", a).State != "enabled" {
 		t.Errorf("enable: %v", r)
 	}
 
@@ -283,13 +270,13 @@ func TestAdminStatusAndServerActions(t *testing.T) {
 	if r.code != http.StatusForbidden {
 		t.Errorf("cross-origin POST: %v", r)
 	}
-	if s := findServer(td.status(t, ""), "web", a); s.State != "enabled" {
+	if s := td.status(t, "").Find("web", a); s.State != "enabled" {
 		t.Errorf("the cross-origin POST changed the state: %+v", s)
 	}
 }
 
 func TestAdminPlainEndpoints(t *testing.T) {
-	td := startDaemon(t, "", serviceYAML("web", freeTCPPort(t), echoServer(t, "a")))
+	td := startDaemon(t, "", testenv.LoopbackService("web", testenv.FreeTCPPort(t), testenv.EchoServer(t, "a")))
 	for _, c := range []struct {
 		path, want, ctype string
 	}{
@@ -314,8 +301,8 @@ func TestAdminPlainEndpoints(t *testing.T) {
 
 func TestAdminToken(t *testing.T) {
 	const token = "s3cret-token"
-	a := echoServer(t, "a")
-	td := startDaemon(t, token, serviceYAML("web", freeTCPPort(t), a))
+	a := testenv.EchoServer(t, "a")
+	td := startDaemon(t, token, testenv.LoopbackService("web", testenv.FreeTCPPort(t), a))
 	guarded := []struct{ method, path string }{
 		{"GET", "/metrics"},
 		{"GET", "/api/v1/status"},
@@ -344,7 +331,7 @@ func TestAdminToken(t *testing.T) {
 		}
 	}
 	// The drain above went through.
-	if s := findServer(td.status(t, token), "web", a); s == nil || s.State != "draining" {
+	if s := td.status(t, token).Find("web", a); s == nil || s.State != "draining" {
 		t.Errorf("after the drain with the token: %+v", s)
 	}
 
@@ -390,10 +377,10 @@ func metricLines(t *testing.T, td *testDaemon, prefix string) []string {
 }
 
 func TestAdminReloadAndDaemonMetrics(t *testing.T) {
-	a, b := echoServer(t, "a"), echoServer(t, "b")
-	p1, p2 := freeTCPPort(t), freeTCPPort(t)
+	a, b := testenv.EchoServer(t, "a"), testenv.EchoServer(t, "b")
+	p1, p2 := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
 	td := startDaemon(t, "", tcpHealthService("web", p1, a, b))
-	waitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p1), "a")
+	testenv.WaitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p1), "a")
 
 	// Health checks of both servers are observed.
 	deadline := time.Now().Add(10 * time.Second)
@@ -404,7 +391,7 @@ func TestAdminReloadAndDaemonMetrics(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	hash1 := td.d.lb.Config().Hash
+	hash1 := td.d.Running().Hash
 	if got := testutil.ToFloat64(td.d.metrics.configHash.WithLabelValues(hash1)); got != 1 {
 		t.Errorf("pairlb_config_hash{hash=%q} = %v", hash1, got)
 	}
@@ -421,13 +408,13 @@ func TestAdminReloadAndDaemonMetrics(t *testing.T) {
 	}
 
 	// A valid file removing b and adding a service: 200, new hash, b's health series gone.
-	td.write(t, tcpHealthService("web", p1, a)+serviceYAML("other", p2, b))
+	td.write(t, tcpHealthService("web", p1, a)+testenv.LoopbackService("other", p2, b))
 	r = td.call(t, http.MethodPost, "/api/v1/reload", "")
-	var rr reloadResponse
+	var rr admin.ReloadResult
 	if r.code != http.StatusOK || json.Unmarshal(r.body, &rr) != nil || rr.Result != "ok" || rr.VirtualServices != 2 || rr.ConfigHash == hash1 {
 		t.Fatalf("valid reload: %v", r)
 	}
-	waitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p2), "b")
+	testenv.WaitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p2), "b")
 	if got := testutil.ToFloat64(td.d.metrics.reloads.WithLabelValues("success")); got != 1 {
 		t.Errorf("successful reloads = %v, want 1", got)
 	}
@@ -469,8 +456,8 @@ func TestAdminReloadAndDaemonMetrics(t *testing.T) {
 // TestReadyzDuringDrain: once the daemon is told to stop, /readyz answers 503 (so keepalived
 // moves the VIPs) while the admin server stays up until the open connections have finished.
 func TestReadyzDuringDrain(t *testing.T) {
-	port := freeTCPPort(t)
-	td := startDaemon(t, "", serviceYAML("web", port, echoServer(t, "a")))
+	port := testenv.FreeTCPPort(t)
+	td := startDaemon(t, "", testenv.LoopbackService("web", port, testenv.EchoServer(t, "a")))
 	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		t.Fatal(err)
@@ -521,14 +508,14 @@ func TestAdminListenerTaken(t *testing.T) {
 	}
 	defer ln.Close()
 	file := filepath.Join(dir, "pairlb.yaml")
-	vip := freeTCPPort(t)
-	if err := os.WriteFile(file, []byte(head+serviceYAML("web", vip, echoServer(t, "a"))), 0o644); err != nil {
+	vip := testenv.FreeTCPPort(t)
+	if err := os.WriteFile(file, []byte(head+testenv.LoopbackService("web", vip, testenv.EchoServer(t, "a"))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d, err := newDaemon(slog.New(slog.DiscardHandler), file)
+	d, err := New(Options{Log: slog.New(slog.DiscardHandler), Path: file})
 	if err == nil {
-		d.closeAdmin()
-		t.Fatal("newDaemon succeeded with its admin address taken")
+		d.admin.Close()
+		t.Fatal("New succeeded with its admin address taken")
 	}
 	if !strings.Contains(err.Error(), "global.admin "+addr) {
 		t.Errorf("the error does not name global.admin and %s: %v", addr, err)
@@ -543,7 +530,7 @@ func TestAdminListenerTaken(t *testing.T) {
 // TestGrafanaDashboardMetrics: every pairlb metric the dashboard in deploy/ queries is one the
 // daemon exports, so that a rename cannot leave the dashboard blank.
 func TestGrafanaDashboardMetrics(t *testing.T) {
-	raw, err := os.ReadFile("../../deploy/grafana-dashboard.json")
+	raw, err := os.ReadFile("../deploy/grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,7 +538,7 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 	if err := json.Unmarshal(raw, &dash); err != nil {
 		t.Fatalf("deploy/grafana-dashboard.json: %v", err)
 	}
-	td := startDaemon(t, "", tcpHealthService("web", freeTCPPort(t), echoServer(t, "a")))
+	td := startDaemon(t, "", tcpHealthService("web", testenv.FreeTCPPort(t), testenv.EchoServer(t, "a")))
 	deadline := time.Now().Add(10 * time.Second)
 	for testutil.CollectAndCount(td.d.metrics.healthDuration) == 0 {
 		if time.Now().After(deadline) {
@@ -586,17 +573,17 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 // TestAdminAddressFixedUntilRestart: a reload that moves global.admin is applied otherwise; the
 // admin listener stays where it is (and says so in the log) until pairlb restarts.
 func TestAdminAddressFixedUntilRestart(t *testing.T) {
-	be := echoServer(t, "a")
-	td := startDaemon(t, "", serviceYAML("web", freeTCPPort(t), be))
+	be := testenv.EchoServer(t, "a")
+	td := startDaemon(t, "", testenv.LoopbackService("web", testenv.FreeTCPPort(t), be))
 	old := strings.TrimPrefix(td.admin, "http://")
-	moved := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
+	moved := fmt.Sprintf("127.0.0.1:%d", testenv.FreeTCPPort(t))
 	td.head = strings.Replace(td.head, "admin: "+old, "admin: "+moved, 1)
-	p2 := freeTCPPort(t)
-	td.write(t, serviceYAML("web", p2, be))
+	p2 := testenv.FreeTCPPort(t)
+	td.write(t, testenv.LoopbackService("web", p2, be))
 	if r := td.call(t, http.MethodPost, "/api/v1/reload", ""); r.code != http.StatusOK {
 		t.Fatalf("reload: %v", r)
 	}
-	waitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p2), "a")
+	testenv.WaitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p2), "a")
 	if r := td.call(t, http.MethodGet, "/readyz", ""); r.code != http.StatusOK {
 		t.Errorf("the admin listener after the reload: %v", r)
 	}

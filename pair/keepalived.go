@@ -1,4 +1,4 @@
-package config
+package pair
 
 import (
 	"bytes"
@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pairlb/pairlb/admin"
+	"github.com/pairlb/pairlb/config"
 )
 
 // DefaultBinary is where keepalived finds pairlb for its track and notify scripts unless the
@@ -28,13 +31,9 @@ type KeepalivedOptions struct {
 // RenderKeepalived renders keepalived.conf for one node of cfg's pair: one VRRP instance per
 // network carrying that network's VIPs, all in one sync group, unicast between the nodes' own
 // addresses, both nodes starting as BACKUP, a track script that fails while pairlb on the node
-// is not ready and a notify script that logs every transition to pairlb.
-func RenderKeepalived(cfg *Config, node string) ([]byte, error) {
-	return RenderKeepalivedWith(cfg, node, KeepalivedOptions{})
-}
-
-// RenderKeepalivedWith is RenderKeepalived with the box's own facts.
-func RenderKeepalivedWith(cfg *Config, node string, opt KeepalivedOptions) ([]byte, error) {
+// is not ready (`pairlb keepalived check`) and a notify script (`pairlb keepalived notify`) that
+// logs every transition and, on MASTER, has pairlb re-apply its running configuration.
+func RenderKeepalived(cfg *config.Config, node string, opt KeepalivedOptions) ([]byte, error) {
 	pr := cfg.Pair
 	if pr == nil {
 		return nil, fmt.Errorf("%s: no pair section: keepalived is only for a pair", cfg.Path)
@@ -50,22 +49,15 @@ func RenderKeepalivedWith(cfg *Config, node string, opt KeepalivedOptions) ([]by
 	if !filepath.IsAbs(bin) || strings.ContainsAny(bin, " \t\"'\\") {
 		return nil, fmt.Errorf("pairlb binary %q: want an absolute path without spaces or quotes", bin)
 	}
-	// The secret was read, with its checks, by Load: the file is read once, by the code
+	// The secret was read, with its checks, by config.Load: the file is read once, by the code
 	// validate runs too.
 	secret := pr.AuthSecret
 	if pr.AuthSecretFile != "" && secret == "" {
 		return nil, fmt.Errorf("%s: pair.auth_secret_file %s was not read: load the configuration with config.Load", cfg.Path, pr.AuthSecretFile)
 	}
 
-	admin := cfg.Global.Admin
-	if admin.Addr().IsUnspecified() {
-		lo := netip.IPv6Loopback()
-		if admin.Addr().Is4() {
-			lo = netip.MustParseAddr("127.0.0.1")
-		}
-		admin = netip.AddrPortFrom(lo, admin.Port())
-	}
-	helper := fmt.Sprintf("%s keepalived %%s -admin %s", bin, admin)
+	// The scripts run on the node itself: they reach pairlb as every local client does.
+	helper := fmt.Sprintf("%s keepalived %%s -admin %s", bin, admin.DialAddr(cfg.Global.Admin))
 	if cfg.Global.AdminTokenFile != "" {
 		if strings.ContainsAny(cfg.Global.AdminTokenFile, " \t\"'\\") {
 			return nil, fmt.Errorf("global.admin_token_file %q: keepalived cannot pass a path with spaces or quotes", cfg.Global.AdminTokenFile)
@@ -105,7 +97,7 @@ func RenderKeepalivedWith(cfg *Config, node string, opt KeepalivedOptions) ([]by
 	notify := fmt.Sprintf("notify %q", fmt.Sprintf(helper, "notify"))
 	// Only the networks that carry a VIP get an instance; keepalived refuses an empty one.
 	vips := map[string][]netip.Addr{}
-	var used []PairNetwork
+	var used []config.PairNetwork
 	for _, nw := range pr.Networks {
 		for _, vs := range cfg.VirtualServices {
 			if nw.Prefix.Contains(vs.VIP) && !containsAddr(vips[nw.Name], vs.VIP) {

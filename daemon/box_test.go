@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"net/netip"
@@ -10,18 +10,18 @@ import (
 // TestLocalAddrFromLinks: the balancer's loop guard learns the box's own addresses from the
 // daemon's latest links snapshot, and only from it.
 func TestLocalAddrFromLinks(t *testing.T) {
-	var d daemon
+	var b box
 	own, other := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8")
-	if d.localAddr(own) {
+	if b.local(own) {
 		t.Fatal("an address is local before any links are known")
 	}
 	links := []routing.Link{
 		{Index: 2, Name: "eth0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/24")}},
 		{Index: 3, Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("2001:db8::7/64")}},
 	}
-	d.links.Store(&links)
+	b.setLinks(links)
 	for a, want := range map[netip.Addr]bool{own: true, other: false, netip.MustParseAddr("2001:db8::7"): true} {
-		if got := d.localAddr(a); got != want {
+		if got := b.local(a); got != want {
 			t.Errorf("localAddr(%s) = %v, want %v", a, got, want)
 		}
 	}

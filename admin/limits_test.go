@@ -1,20 +1,31 @@
-package main
+package admin
 
 import (
 	"bufio"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
+func mustAddrPort(t *testing.T, s string) netip.AddrPort {
+	t.Helper()
+	a, err := netip.ParseAddrPort(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 // TestAdminBoundsHeader: the admin server keeps the redirector's bounds: an endless header is
 // answered (431) after a few kilobytes instead of being read up to a megabyte.
 func TestAdminBoundsHeader(t *testing.T) {
-	td := startDaemon(t, "", serviceYAML("web", freeTCPPort(t), echoServer(t, "a")))
-	c, err := net.DialTimeout("tcp", strings.TrimPrefix(td.admin, "http://"), 2*time.Second)
+	ts := startServer(t, newFakeDaemon(""), filepath.Join(t.TempDir(), "no-hosts"))
+	c, err := net.DialTimeout("tcp", ts.addr, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

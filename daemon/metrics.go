@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"sync"
@@ -13,9 +13,10 @@ import (
 	"github.com/pairlb/pairlb/routing"
 )
 
-// daemonMetrics are the metrics the daemon keeps itself: health probes, reloads and the
-// configuration in force. The balancer's own come from lb.NewCollector at scrape time.
-type daemonMetrics struct {
+// metrics are the metrics the daemon keeps itself: health probes, reloads and the
+// configuration in force. The balancer's own come from lb.NewCollector at scrape time, the
+// routing plan's from routingCollector and the pair's from pair.Watcher.
+type metrics struct {
 	healthDuration *prometheus.HistogramVec
 	healthFailures *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
@@ -27,11 +28,11 @@ type daemonMetrics struct {
 	targets map[[2]string]bool // health series present: {service, server}
 }
 
-// newDaemonMetrics registers every metric of the daemon on reg: the balancer's, the daemon's,
-// and the Go runtime, process and build information collectors.
-func newDaemonMetrics(reg prometheus.Registerer, b *lb.Balancer) *daemonMetrics {
+// newMetrics registers every metric of the daemon on reg: the balancer's, the daemon's, and
+// the Go runtime, process and build information collectors. version is pairlb's.
+func newMetrics(reg prometheus.Registerer, b *lb.Balancer, version string) *metrics {
 	rs := []string{"virtual_service", "real_server"}
-	m := &daemonMetrics{
+	m := &metrics{
 		healthDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "pairlb_health_check_duration_seconds",
 			Help:    "Time a health check of a real server took, passed or failed.",
@@ -78,7 +79,7 @@ func newDaemonMetrics(reg prometheus.Registerer, b *lb.Balancer) *daemonMetrics 
 }
 
 // observeProbe is the health monitor's OnProbe.
-func (m *daemonMetrics) observeProbe(t health.Target, d time.Duration, err error) {
+func (m *metrics) observeProbe(t health.Target, d time.Duration, err error) {
 	m.mu.Lock()
 	m.targets[[2]string{t.Service, t.Server}] = true
 	m.mu.Unlock()
@@ -91,7 +92,7 @@ func (m *daemonMetrics) observeProbe(t health.Target, d time.Duration, err error
 
 // setTargets deletes the health series of targets no longer monitored. Call it after
 // health.Monitor.Set has returned: no probe of a removed target reports after that.
-func (m *daemonMetrics) setTargets(targets []health.Target) {
+func (m *metrics) setTargets(targets []health.Target) {
 	keep := make(map[[2]string]bool, len(targets))
 	for _, t := range targets {
 		keep[[2]string{t.Service, t.Server}] = true
@@ -108,7 +109,7 @@ func (m *daemonMetrics) setTargets(targets []health.Target) {
 }
 
 // loaded records the configuration now in force.
-func (m *daemonMetrics) loaded(cfg *config.Config) {
+func (m *metrics) loaded(cfg *config.Config) {
 	m.configHash.Reset()
 	m.configHash.WithLabelValues(cfg.Hash).Set(1)
 	m.reloadOK.Set(1)
@@ -116,7 +117,7 @@ func (m *daemonMetrics) loaded(cfg *config.Config) {
 }
 
 // reloaded counts a reload and, when it succeeded, records the new configuration.
-func (m *daemonMetrics) reloaded(cfg *config.Config, err error) {
+func (m *metrics) reloaded(cfg *config.Config, err error) {
 	if err != nil {
 		m.reloads.WithLabelValues("failure").Inc()
 		m.reloadOK.Set(0)

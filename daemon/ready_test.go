@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bufio"
@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // holdServer accepts connections and never answers: a TLS check against it lasts its timeout.
@@ -76,7 +78,7 @@ func startDaemonUnready(t *testing.T, services string, early func()) *testDaemon
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	d, err := newDaemon(log, td.file)
+	d, err := New(Options{Log: log, Path: td.file, Version: "dev"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +86,7 @@ func startDaemonUnready(t *testing.T, services string, early func()) *testDaemon
 	early()
 	ctx, cancel := context.WithCancel(context.Background())
 	td.cancel, td.done = cancel, make(chan error, 1)
-	go func() { td.done <- d.run(ctx) }()
+	go func() { td.done <- d.Run(ctx) }()
 	t.Cleanup(func() { td.stop(t) })
 	return td
 }
@@ -113,8 +115,8 @@ func greetingOn(c net.Conn, limit time.Duration) (string, error) {
 // connections were reset. Now a client that connects before the daemon runs, and one that
 // connects as soon as /readyz says ready, are both served.
 func TestNoResetsAfterAStart(t *testing.T) {
-	fe1, fe2 := echoServer(t, "fe1"), echoServer(t, "fe2")
-	p1, p2 := freeTCPPort(t), freeTCPPort(t)
+	fe1, fe2 := testenv.EchoServer(t, "fe1"), testenv.EchoServer(t, "fe2")
+	p1, p2 := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
 	// A third service whose server never completes a TLS handshake holds the first round for
 	// its check's timeout, so that the wait is long enough to be seen.
 	const holdFor = 1500 * time.Millisecond
@@ -124,7 +126,7 @@ func TestNoResetsAfterAStart(t *testing.T) {
     ports: ["%d/tcp"]
     health: {type: tls, timeout: %dms}
     real_servers: [{address: "%s"}]
-`, freeTCPPort(t), holdFor.Milliseconds(), holdServer(t))
+`, testenv.FreeTCPPort(t), holdFor.Milliseconds(), holdServer(t))
 
 	var before []net.Conn
 	started := time.Now()
@@ -203,7 +205,7 @@ func TestStopWhileTheFirstChecksRun(t *testing.T) {
     ports: ["%d/tcp"]
     health: {type: tls, timeout: %dms}
     real_servers: [{address: "%s"}]
-`, freeTCPPort(t), holdFor.Milliseconds(), holdServer(t))
+`, testenv.FreeTCPPort(t), holdFor.Milliseconds(), holdServer(t))
 	td := startDaemonUnready(t, services, func() {})
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -1,0 +1,169 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+
+	"github.com/pairlb/pairlb/config"
+)
+
+// DialAddr is the address a client on this box dials to reach an admin listener on listen: a
+// listener on every address (0.0.0.0, ::) is reached on the loopback address of its family.
+// Every command, the keepalived scripts and the pair checker reach the local pairlb by it.
+func DialAddr(listen netip.AddrPort) netip.AddrPort {
+	if !listen.Addr().IsUnspecified() {
+		return listen
+	}
+	lo := netip.IPv6Loopback()
+	if listen.Addr().Is4() {
+		lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return netip.AddrPortFrom(lo, listen.Port())
+}
+
+// DefaultMaxAnswer bounds what a client reads of one answer, whatever the server sends.
+const DefaultMaxAnswer = 64 << 20
+
+// Client asks one pairlb's admin API. Each call is bounded by its context; HTTP may add a
+// timeout of its own.
+type Client struct {
+	Addr      string       // host:port
+	Token     []byte       // the bearer token; nil: none is sent
+	HTTP      *http.Client // nil: http.DefaultClient
+	MaxAnswer int64        // what is read of an answer at most; 0: DefaultMaxAnswer
+}
+
+// NewClient returns a client for the admin API at addr (host:port) that sends token.
+func NewClient(addr string, token []byte) *Client {
+	return &Client{Addr: addr, Token: token}
+}
+
+// ClientFor is the client for the admin API of the pairlb that runs cfg on this box: its
+// global.admin (DialAddr) and the token Load read for global.admin_token_file.
+func ClientFor(cfg *config.Config) *Client {
+	return NewClient(DialAddr(cfg.Global.Admin).String(), cfg.Global.AdminToken)
+}
+
+// HTTPError is an answer other than 2xx.
+type HTTPError struct {
+	Method, Path string
+	Code         int    // 503
+	Status       string // "503 Service Unavailable"
+	// Body is the API's JSON error; empty when the answer held none (/readyz answers text).
+	Body ErrorResponse
+}
+
+func (e *HTTPError) Error() string {
+	if e.Body.Error == "" {
+		return fmt.Sprintf("admin API: %s %s: %s", e.Method, e.Path, e.Status)
+	}
+	msg := e.Body.Error
+	for _, s := range e.Body.Errors {
+		msg += "\n  " + s
+	}
+	return fmt.Sprintf("admin API: %s (%s)", msg, e.Status)
+}
+
+// do sends a request and returns the body of a 2xx answer; any other is an *HTTPError.
+func (c *Client) do(ctx context.Context, method, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.Addr+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("admin API at %s: %w", c.Addr, err)
+	}
+	if len(c.Token) > 0 {
+		req.Header.Set("Authorization", "Bearer "+string(c.Token))
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	limit := c.MaxAnswer
+	if limit <= 0 {
+		limit = DefaultMaxAnswer
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, fmt.Errorf("admin API: reading the answer to %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &HTTPError{Method: method, Path: path, Code: resp.StatusCode, Status: resp.Status}
+		_ = json.Unmarshal(body, &e.Body) // text (/readyz) or not pairlb's: the status says it
+		return nil, e
+	}
+	return body, nil
+}
+
+// doJSON is do with the answer decoded into out.
+func (c *Client) doJSON(ctx context.Context, method, path string, out any) error {
+	body, err := c.do(ctx, method, path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("admin API: decoding the answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// Status asks GET /api/v1/status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var st Status
+	if err := c.doJSON(ctx, http.MethodGet, PathStatus, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// StatusJSON is the answer to GET /api/v1/status as the server wrote it, checked to be JSON.
+func (c *Client) StatusJSON(ctx context.Context) (json.RawMessage, error) {
+	var raw json.RawMessage
+	if err := c.doJSON(ctx, http.MethodGet, PathStatus, &raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// SetServerState asks POST .../virtual-services/VS/real-servers/RS/ACTION, action being
+// enable, disable or drain.
+func (c *Client) SetServerState(ctx context.Context, vs, rs, action string) (*ServerState, error) {
+	var out ServerState
+	path := "/api/v1/virtual-services/" + url.PathEscape(vs) + "/real-servers/" + url.PathEscape(rs) + "/" + url.PathEscape(action)
+	if err := c.doJSON(ctx, http.MethodPost, path, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Reload asks POST /api/v1/reload: read the file again and apply it.
+func (c *Client) Reload(ctx context.Context) (*ReloadResult, error) {
+	var out ReloadResult
+	if err := c.doJSON(ctx, http.MethodPost, PathReload, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Reapply asks POST /api/v1/reapply: apply the running configuration again, reading no file.
+func (c *Client) Reapply(ctx context.Context) (*ReloadResult, error) {
+	var out ReloadResult
+	if err := c.doJSON(ctx, http.MethodPost, PathReapply, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Ready asks GET /readyz; nil means 200. A 503 is an *HTTPError.
+func (c *Client) Ready(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodGet, PathReady)
+	return err
+}
