@@ -377,7 +377,7 @@ func TestUseDefaultRouteOnlyInNamespaces(t *testing.T) {
 	if d := cmp.Diff(state, kernelState(t, h)); d != "" {
 		t.Errorf("second Set changed the kernel (-first +second):\n%s", d)
 	}
-	if d, err := m.Diff(cfg); err != nil || len(d) != 0 {
+	if d, err := m.pending(cfg); err != nil || len(d) != 0 {
 		t.Errorf("Diff after Set = %q, %v; want nothing", d, err)
 	}
 
@@ -406,7 +406,7 @@ func TestUseDefaultRouteOnlyInNamespaces(t *testing.T) {
 	up := time.Now()
 	var repaired time.Duration
 	for i := 0; i < 100 && repaired == 0; i++ {
-		d, err := m.Diff(cfg)
+		d, err := m.pending(cfg)
 		if err == nil && len(d) == 0 {
 			repaired = time.Since(up)
 			break
@@ -414,7 +414,7 @@ func TestUseDefaultRouteOnlyInNamespaces(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if repaired == 0 || repaired > time.Second {
-		d, err := m.Diff(cfg)
+		d, err := m.pending(cfg)
 		t.Fatalf("not repaired within a second after the flap: %q, %v", d, err)
 	}
 	t.Logf("tables repaired %v after int0 came back up", repaired)
@@ -498,7 +498,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 	}
 
 	// Cleanup then Set: the same result; nothing doubled.
-	if err := m.Cleanup(); err != nil {
+	if err := m.cleanup(); err != nil {
 		t.Fatal(err)
 	}
 	// IPv6 addresses carry no mark: Cleanup cannot tell a crashed instance's IPv6 VIP from

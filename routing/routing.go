@@ -58,7 +58,7 @@
 // pick a /128 VIP that shares more leading bits with a real server than the box's own /64
 // address as the source of connections the box opens, which then follow the VIP's rule. IPv4
 // never picks a /32 VIP (the connected route's preferred source is the box's primary address).
-// SourceFor gives the box's own address on a real server's subnet (subnet_originating).
+// Sources gives the box's own address on a real server's subnet (subnet_originating).
 //
 // Operational notes (see linux-notes.md): each box needs its own permanent address in every
 // gateway's subnet; IPv6 needs net.ipv6.conf.IF.keep_addr_on_down=1 or a link flap takes that
@@ -75,12 +75,7 @@
 // or nft.
 package routing
 
-import (
-	"errors"
-	"fmt"
-
-	"github.com/vishvananda/netlink"
-)
+import "github.com/vishvananda/netlink"
 
 // The owned range. Table ids 253-255 (default, main, local) and the rule priorities 0 (local),
 // 32766 (main) and 32767 (default) are far outside it.
@@ -152,25 +147,4 @@ func ownsRule(r *netlink.Rule) bool {
 // ownsRoute reports whether a route dumped from the kernel is pairlb's.
 func ownsRoute(r *netlink.Route) bool {
 	return r.Protocol == Protocol && ownsTable(r.Table)
-}
-
-// maxDumpTries bounds the retries of a netlink dump interrupted by a concurrent change.
-const maxDumpTries = 8
-
-// retryDump runs a netlink dump again while the kernel reports it was interrupted.
-func retryDump[T any](what string, dump func() (T, error)) (T, error) {
-	var (
-		v   T
-		err error
-	)
-	for range maxDumpTries {
-		v, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	if err != nil {
-		return v, fmt.Errorf("listing %s: %w", what, err)
-	}
-	return v, nil
 }

@@ -26,7 +26,8 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 	h := l.box.Handle()
 	l.echo(t)
 	logger, logged := teeLogger(t)
-	m := New(h, logger, WithNamespace(l.box.NsHandle()), WithDebounce(50*time.Millisecond))
+	m := New(h, logger, WithNamespace(l.box.NsHandle()))
+	m.debounce = 50 * time.Millisecond
 	cfg := labConfig(true)
 	if err := m.Set(cfg); err != nil {
 		t.Fatal(err)
@@ -100,7 +101,7 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 			return err
 		}
 		got := slices.DeleteFunc(routes, func(r Route) bool { return r.Table != table4 })
-		if d := DiffLines(Plan{Routes: want4}, nil, got); len(d) != 0 {
+		if d := Diff(Plan{Routes: want4}, Plan{Routes: got}); len(d) != 0 {
 			return fmt.Errorf("table %d differs: %q", table4, d)
 		}
 		return nil
@@ -134,7 +135,7 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	until(t, 5*time.Second, "everything installed again", func() error {
-		if d, err := m.Diff(cfg); err != nil || len(d) != 0 {
+		if d, err := m.pending(cfg); err != nil || len(d) != 0 {
 			return fmt.Errorf("diff %q, %v", d, err)
 		}
 		if p := m.Problems(); len(p) != 0 {
@@ -342,7 +343,7 @@ func TestApplyRefusedRouteIsItsUnitsProblem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := DiffLines(p, rules, routes); len(d) != 0 {
+	if d := Diff(p, Plan{Rules: rules, Routes: routes}); len(d) != 0 {
 		t.Errorf("the rest of the plan is not installed: %q", d)
 	}
 }
