@@ -504,3 +504,43 @@ func TestFakeDumpInterrupted(t *testing.T) {
 		t.Errorf("Installed after %d interrupted dumps = %v; want the interruption", maxDumpTries, err)
 	}
 }
+
+// The box's IPv4 address on int0 goes between the links snapshot and the writes: the kernel
+// refuses the IPv4 table's routes (the preferred source is gone, the gateway unreachable), and
+// that is the IPv4 gateway's problem alone; the IPv6 table and both rules are installed.
+func TestFakeGatewayUnreachable(t *testing.T) {
+	k, m := fakeBox(t)
+	links, err := m.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := BuildPlan(labConfig(true), links)
+	if err != nil || len(p.Problems) != 0 {
+		t.Fatalf("plan: %v, %v", err, p.Problems)
+	}
+	k.mu.Lock()
+	k.addrs = slices.DeleteFunc(k.addrs, func(a netlink.Addr) bool { return a.IP.Equal(net.ParseIP("198.18.1.2")) })
+	k.mu.Unlock()
+	m.mu.Lock()
+	probs, err := m.apply(p, links)
+	m.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(probs) != 1 || probs[0].UnitID != p.Units[0].UnitID || probs[0].Addr != gw4 ||
+		!strings.Contains(probs[0].Reason, "default via 198.18.1.1") || !strings.Contains(probs[0].Reason, unix.ENETUNREACH.Error()) {
+		t.Fatalf("problems = %v; want one, of gateway %s, with the kernel's %q", probs, gw4, unix.ENETUNREACH)
+	}
+	rules, routes, err := m.Installed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(p.Rules, rules, netipEqual); d != "" {
+		t.Errorf("rules (-plan +kernel):\n%s", d)
+	}
+	for _, r := range p.Routes {
+		if has := slices.Contains(routes, r); has != (r.Table != p.Units[0].Table || r.Type == Unreachable) {
+			t.Errorf("route %q installed: %v", r.Line(), has)
+		}
+	}
+}

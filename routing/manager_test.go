@@ -456,21 +456,21 @@ func TestCleanupAfterCrash(t *testing.T) {
 		t.Error("the retired VIP's rule or address survived Set")
 	}
 
-	// Cleanup then Set: the same result; nothing doubled.
+	// cleanup then Set: the same result; nothing doubled.
 	if err := m.cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	// IPv6 addresses carry no mark: Cleanup cannot tell a crashed instance's IPv6 VIP from
+	// IPv6 addresses carry no mark: cleanup cannot tell a crashed instance's IPv6 VIP from
 	// anyone else's, so it stays until a Set that wants it adopts it.
 	if d := cmp.Diff(before, withoutAddr(kernelState(t, h), vip6)); d != "" {
-		t.Errorf("kernel after Cleanup differs from before pairlb (-before +after):\n%s", d)
+		t.Errorf("kernel after cleanup differs from before pairlb (-before +after):\n%s", d)
 	}
 	if err := m.Set(cfg); err != nil {
 		t.Fatal(err)
 	}
 	after := kernelState(t, h)
 	if d := cmp.Diff(withoutRetired(crashedState), after); d != "" {
-		t.Errorf("Cleanup+Set differs from the crashed instance's state minus the retired VIP (-crashed +now):\n%s", d)
+		t.Errorf("cleanup+Set differs from the crashed instance's state minus the retired VIP (-crashed +now):\n%s", d)
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

@@ -3,10 +3,13 @@
 // default gateway (the appliance's "Use Default Route Only"), the state that brings the replies
 // of transparent services back to pairlb, and, when configured, the VIP addresses themselves.
 //
-// It works in two steps. BuildPlan is a pure function from a *config.Config and a snapshot of the
+// It works in steps. BuildPlan is a pure function from a *config.Config and a snapshot of the
 // box's interfaces to a Plan: the rules, routes, addresses and nftables rules the kernel should
-// hold. A Manager then makes the kernel match a plan over netlink, idempotently, adding before it
-// deletes, and keeps it matching (Run) when links flap and the kernel silently empties a table.
+// hold. diff, pure too, compares a plan with what pairlb has installed and lists the changes,
+// every addition before any removal; Diff renders them for `pairlb routes show`. A Manager
+// carries them out over netlink (through the small kernel interface, which tests replace with
+// a fake), idempotently, and keeps the kernel matching (Run) when links flap and the kernel
+// silently empties a table.
 //
 // A plan is made of units (Unit): each gateway's table with the rules of its VIPs, each VIP
 // address pairlb adds, and transparency per address family. What one unit's links cannot carry
@@ -14,8 +17,10 @@
 // others are installed and repaired as usual, and the Manager retries the failing ones when
 // links or addresses change. A unit with a problem keeps what needs no link (its rules and
 // the `unreachable default`, so a VIP's replies never leak through the main table) and what the
-// kernel still holds of it (see Plan.keepsRoute). Only what no state of the links can change
-// (a VIP and its gateway of different families, say) fails the plan as a whole.
+// kernel still holds of it (see Plan.keepsRoute). The units of a family the kernel does not
+// have (IPv6 on a kernel booted with ipv6.disable=1, whose IPv6 rules cannot even be listed)
+// are problems too, and the other family is installed. Only what no state of the links can
+// change (a VIP and its gateway of different families, say) fails the plan as a whole.
 //
 // Everything pairlb creates lives in one owned range, declared below and nowhere else: routing
 // tables TransparentTable and TableFirst..TableLast, rule priorities TransparentPriority and
