@@ -22,7 +22,7 @@ import (
 	"github.com/pairlb/pairlb/lb"
 )
 
-// These names are repeated in lbhelper_internal_test.go (package routing cannot import this one).
+// These names are repeated in transparency_test.go (package routing cannot import this one).
 const (
 	lbHelperEnv      = "PAIRLB_TEST_LB_CONFIG" // the configuration, JSON
 	lbHelperReadyEnv = "PAIRLB_TEST_LB_READY"  // a file written once the listeners are open ("ok" or the error)

@@ -271,45 +271,6 @@ func plantForeign(t *testing.T, h *netlink.Handle) {
 	}
 }
 
-// routeEvents counts route and address notifications in the box until stop is called.
-func routeEvents(t *testing.T, n *plbns.NS) (stop func() int) {
-	t.Helper()
-	done := make(chan struct{})
-	routes := make(chan netlink.RouteUpdate, 64)
-	addrs := make(chan netlink.AddrUpdate, 64)
-	h := n.NsHandle()
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: &h}); err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &h}); err != nil {
-		t.Fatal(err)
-	}
-	count := 0
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	wg.Go(func() {
-		for range routes {
-			mu.Lock()
-			count++
-			mu.Unlock()
-		}
-	})
-	wg.Go(func() {
-		for range addrs {
-			mu.Lock()
-			count++
-			mu.Unlock()
-		}
-	})
-	return func() int {
-		close(done)
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		return count
-	}
-}
-
 func TestUseDefaultRouteOnlyInNamespaces(t *testing.T) {
 	l := newLab(t)
 	h := l.box.Handle()
@@ -366,37 +327,35 @@ func TestUseDefaultRouteOnlyInNamespaces(t *testing.T) {
 
 	// A second Set changes nothing, and writes nothing.
 	state := kernelState(t, h)
-	stop := routeEvents(t, l.box)
-	if err := m.Set(cfg); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if n := stop(); n != 0 {
-		t.Errorf("second Set caused %d route/address notifications; want 0", n)
+	if ev := eventsDuring(t, l.box, "dmz0", anyEvent, func() {
+		if err := m.Set(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}); len(ev) != 0 {
+		t.Errorf("second Set caused %d route/address notifications; want 0", len(ev))
 	}
 	if d := cmp.Diff(state, kernelState(t, h)); d != "" {
 		t.Errorf("second Set changed the kernel (-first +second):\n%s", d)
 	}
-	if d, err := m.Diff(cfg); err != nil || len(d) != 0 {
+	if d, err := m.pending(cfg); err != nil || len(d) != 0 {
 		t.Errorf("Diff after Set = %q, %v; want nothing", d, err)
 	}
 
 	// A link flap empties the IPv4 table; Run repairs it within a second.
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- m.Run(ctx) }()
-	stopRun := sync.OnceFunc(func() {
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	defer stopRun()
-	time.Sleep(100 * time.Millisecond) // let Run subscribe
+	stopRun := runManager(t, m)
 	if err := l.box.SetLink("int0", false); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(400 * time.Millisecond)
+	// Run re-applies while the link is down (and finds both gateways' link down) ...
+	until(t, 5*time.Second, "a re-apply with int0 down", func() error {
+		for _, gw := range []netip.Addr{gw4, gw6} {
+			if !slices.ContainsFunc(m.Problems(), func(p Problem) bool { return p.Addr == gw && p.Reason == "its link int0 is down" }) {
+				return fmt.Errorf("problems %v", m.Problems())
+			}
+		}
+		return nil
+	})
+	// ... and the kernel has emptied the tables.
 	if _, routes, _ := m.Installed(); slices.ContainsFunc(routes, func(r Route) bool { return r.Gw.IsValid() }) {
 		t.Errorf("routes via the gateways survived int0 going down: %v", routes)
 	}
@@ -406,7 +365,7 @@ func TestUseDefaultRouteOnlyInNamespaces(t *testing.T) {
 	up := time.Now()
 	var repaired time.Duration
 	for i := 0; i < 100 && repaired == 0; i++ {
-		d, err := m.Diff(cfg)
+		d, err := m.pending(cfg)
 		if err == nil && len(d) == 0 {
 			repaired = time.Since(up)
 			break
@@ -414,7 +373,7 @@ func TestUseDefaultRouteOnlyInNamespaces(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if repaired == 0 || repaired > time.Second {
-		d, err := m.Diff(cfg)
+		d, err := m.pending(cfg)
 		t.Fatalf("not repaired within a second after the flap: %q, %v", d, err)
 	}
 	t.Logf("tables repaired %v after int0 came back up", repaired)
@@ -497,21 +456,21 @@ func TestCleanupAfterCrash(t *testing.T) {
 		t.Error("the retired VIP's rule or address survived Set")
 	}
 
-	// Cleanup then Set: the same result; nothing doubled.
-	if err := m.Cleanup(); err != nil {
+	// cleanup then Set: the same result; nothing doubled.
+	if err := m.cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	// IPv6 addresses carry no mark: Cleanup cannot tell a crashed instance's IPv6 VIP from
+	// IPv6 addresses carry no mark: cleanup cannot tell a crashed instance's IPv6 VIP from
 	// anyone else's, so it stays until a Set that wants it adopts it.
 	if d := cmp.Diff(before, withoutAddr(kernelState(t, h), vip6)); d != "" {
-		t.Errorf("kernel after Cleanup differs from before pairlb (-before +after):\n%s", d)
+		t.Errorf("kernel after cleanup differs from before pairlb (-before +after):\n%s", d)
 	}
 	if err := m.Set(cfg); err != nil {
 		t.Fatal(err)
 	}
 	after := kernelState(t, h)
 	if d := cmp.Diff(withoutRetired(crashedState), after); d != "" {
-		t.Errorf("Cleanup+Set differs from the crashed instance's state minus the retired VIP (-crashed +now):\n%s", d)
+		t.Errorf("cleanup+Set differs from the crashed instance's state minus the retired VIP (-crashed +now):\n%s", d)
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

@@ -13,13 +13,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// nftConn opens an nftables connection to the Manager's namespace (the calling thread's when the
-// Manager was made without WithNamespace). The connection is transient: each operation opens
-// and closes its own netlink socket.
-func (m *Manager) nftConn() (*nftables.Conn, error) {
+// nftConn opens an nftables connection to the kernel's namespace (the calling thread's when ns
+// is nil). The connection is transient: each operation opens and closes its own netlink socket.
+func (k netlinkKernel) nftConn() (*nftables.Conn, error) {
 	var opts []nftables.ConnOption
-	if m.ns != nil {
-		opts = append(opts, nftables.WithNetNSFd(int(*m.ns)))
+	if k.ns != nil {
+		opts = append(opts, nftables.WithNetNSFd(int(*k.ns)))
 	}
 	c, err := nftables.New(opts...)
 	if err != nil {
@@ -64,10 +63,18 @@ func nftRuleExprs(ifname string) []expr.Any {
 	}
 }
 
-// nftState reads pairlb's nftables table. It returns nil when there is none, and foreign true
+func (k netlinkKernel) nftState() (*Transparency, bool, error) {
+	c, err := k.nftConn()
+	if err != nil {
+		return nil, false, err
+	}
+	return readNFT(c)
+}
+
+// readNFT reads pairlb's nftables table. It returns nil when there is none, and foreign true
 // when the table exists but is not in the shape pairlb makes (edited by hand, or by an older
 // pairlb), so that it must be replaced.
-func nftState(c *nftables.Conn) (t *Transparency, foreign bool, err error) {
+func readNFT(c *nftables.Conn) (t *Transparency, foreign bool, err error) {
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, false, fmt.Errorf("listing nftables tables: %w", err)
@@ -138,44 +145,20 @@ func nftRuleLink(r *nftables.Rule) (string, bool) {
 	return name, true
 }
 
-// syncNFT makes pairlb's nftables table hold want (none when want is nil). With keep, the
-// interfaces the table marks now stay marked beside want's (see Plan.keepsNFTLinks). It writes
-// nothing when the table already matches; otherwise it replaces the whole table in one
-// transaction, so there is no moment without the rules. It reports whether it wrote.
-func (m *Manager) syncNFT(want *Transparency, keep bool) (bool, error) {
-	c, err := m.nftConn()
+func (k netlinkKernel) nftWrite(want *Transparency, had bool) error {
+	c, err := k.nftConn()
 	if err != nil {
-		return false, err
-	}
-	have, foreign, err := nftState(c)
-	if err != nil {
-		if want == nil && unsupported(err) {
-			return false, nil // no nf_tables here: nothing of pairlb's can be there either
-		}
-		return false, err
-	}
-	if keep && want != nil && have != nil && !foreign {
-		links := slices.Concat(want.Links, have.Links)
-		slices.Sort(links)
-		w := *want
-		w.Links = slices.Compact(links)
-		want = &w
-	}
-	switch {
-	case want == nil && have == nil:
-		return false, nil
-	case want == nil:
-		c.DelTable(nftTable())
-		if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
-			return false, fmt.Errorf("removing nftables table inet %s: %w", NFTable, err)
-		}
-		m.log.Info("removed nftables table", "table", "inet "+NFTable)
-		return true, nil
-	case have != nil && !foreign && slices.Equal(have.Links, want.Links):
-		return false, nil
+		return err
 	}
 	t := nftTable()
-	if have != nil {
+	if want == nil {
+		c.DelTable(t)
+		if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("removing nftables table inet %s: %w", NFTable, err)
+		}
+		return nil
+	}
+	if had {
 		c.DelTable(t)
 	}
 	t = c.AddTable(t)
@@ -189,10 +172,9 @@ func (m *Manager) syncNFT(want *Transparency, keep bool) (bool, error) {
 		})
 	}
 	if err := c.Flush(); err != nil {
-		return false, fmt.Errorf("installing nftables table inet %s: %w", NFTable, err)
+		return fmt.Errorf("installing nftables table inet %s: %w", NFTable, err)
 	}
-	m.log.Info("installed nftables table", "table", "inet "+NFTable, "links", strings.Join(want.Links, ","))
-	return true, nil
+	return nil
 }
 
 // unsupported reports whether err says the kernel has no nf_tables.

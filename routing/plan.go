@@ -409,9 +409,7 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 			p.Addrs = append(p.Addrs, Addr{Link: link.Index, LinkName: link.Name, Prefix: netip.PrefixFrom(vip, vip.BitLen())})
 		}
 		p.Units = append(p.Units, addrUnits...)
-		slices.SortFunc(p.Addrs, func(a, b Addr) int {
-			return cmp.Or(cmp.Compare(a.Link, b.Link), a.Prefix.Addr().Compare(b.Prefix.Addr()))
-		})
+		slices.SortFunc(p.Addrs, compareAddrs)
 	}
 
 	if len(errs) > 0 {
@@ -572,16 +570,9 @@ func planTransparency(cfg *config.Config, links []Link, vips map[netip.Addr]bool
 	return tp, units, problems, nil
 }
 
-// SourceFor returns the box's own address on the directly connected subnet that holds dst: the
-// source the appliance's "Subnet Originating Requests" uses for connections to a real server.
-// It is false when dst is on no connected subnet of the box. The VIPs of cfg and host prefixes
-// are never returned, even when keepalived added a VIP with the subnet's prefix.
-func SourceFor(cfg *config.Config, links []Link, dst netip.Addr) (netip.Addr, bool) {
-	return NewSources(cfg, links).Lookup(dst)
-}
-
-// Sources is SourceFor prepared once for a configuration and a snapshot of the links, for
-// lookups on every new connection.
+// Sources are the box's connected subnets with its own address on each, prepared once for a
+// configuration and a snapshot of the links: Lookup gives the source the appliance's "Subnet
+// Originating Requests" uses for connections to a real server, on every new connection.
 type Sources []Source
 
 // Source is one connected subnet of the box and the box's own address on it.
@@ -612,7 +603,9 @@ func NewSources(cfg *config.Config, links []Link) Sources {
 	return out
 }
 
-// Lookup returns the box's own address on the first subnet that holds dst.
+// Lookup returns the box's own address on the first subnet that holds dst; it is false when dst
+// is on no connected subnet of the box. The VIPs of the configuration and host prefixes are
+// never returned, even when keepalived added a VIP with the subnet's prefix.
 func (s Sources) Lookup(dst netip.Addr) (netip.Addr, bool) {
 	dst = dst.Unmap()
 	for _, src := range s {
@@ -830,79 +823,3 @@ func addrLabel(ifname string) string {
 	}
 	return ifname + addrLabelSuffix
 }
-
-// DiffLines compares a plan with what is installed (Manager.Installed) and renders the
-// difference as iproute2 commands: "+ " for what is missing, "- " for what is extra (but not
-// what a Manager keeps of a unit with a problem). It is empty when the kernel matches the plan.
-func DiffLines(want Plan, rules []Rule, routes []Route) []string {
-	var out []string
-	haveRules := map[Rule]bool{}
-	for _, r := range rules {
-		haveRules[r] = true
-	}
-	wantRules := map[Rule]bool{}
-	for _, r := range want.Rules {
-		wantRules[r] = true
-	}
-	haveRoutes := map[routeKey]bool{}
-	for _, r := range routes {
-		haveRoutes[r.key()] = true
-	}
-	wantRoutes := map[routeKey]bool{}
-	for _, r := range want.Routes {
-		wantRoutes[r.key()] = true
-	}
-	for _, r := range want.Routes {
-		if !haveRoutes[r.key()] {
-			out = append(out, "+ "+r.Line())
-		}
-	}
-	for _, r := range want.Rules {
-		if !haveRules[r] {
-			out = append(out, "+ "+r.Line())
-		}
-	}
-	for _, r := range routes {
-		if !wantRoutes[r.key()] && !want.keepsRoute(r) {
-			out = append(out, "- "+delLine(r.Line()))
-		}
-	}
-	for _, r := range rules {
-		if !wantRules[r] {
-			out = append(out, "- "+delLine(r.Line()))
-		}
-	}
-	return out
-}
-
-// Diff compares a plan with the installed state (Manager.State) and renders the difference as
-// DiffLines does, nftables included. It is empty when the kernel matches the plan.
-func Diff(want, have Plan) []string {
-	out := DiffLines(want, have.Rules, have.Routes)
-	w, h := want.Transparency, have.Transparency
-	if w != nil && h != nil && (slices.Equal(w.Links, h.Links) ||
-		want.keepsNFTLinks() && !slices.Equal(h.Links, []string{foreignLinks}) && containsAll(h.Links, w.Links)) {
-		return out
-	}
-	if h != nil {
-		out = append(out, "- nft delete table inet "+NFTable)
-	}
-	if w != nil {
-		for _, l := range w.Lines() {
-			out = append(out, "+ "+l)
-		}
-	}
-	return out
-}
-
-func containsAll(have, want []string) bool {
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			return false
-		}
-	}
-	return true
-}
-
-// delLine turns an `ip ... add` command into the matching `ip ... del`.
-func delLine(add string) string { return strings.Replace(add, " add ", " del ", 1) }

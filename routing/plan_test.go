@@ -110,8 +110,8 @@ func TestBuildPlanLyncStrict(t *testing.T) {
 	if d := cmp.Diff(wantLines, p.Lines(), netipEqual); d != "" {
 		t.Errorf("lines (-want +got):\n%s", d)
 	}
-	if d := DiffLines(p, p.Rules, p.Routes); len(d) != 0 {
-		t.Errorf("DiffLines of a plan against itself = %q", d)
+	if d := Diff(p, Plan{Rules: p.Rules, Routes: p.Routes}); len(d) != 0 {
+		t.Errorf("Diff of a plan against itself = %q", d)
 	}
 }
 
@@ -292,8 +292,8 @@ func TestBuildPlanPartialIPv6AddressGone(t *testing.T) {
 		t.Error("keepsAddr keeps the wrong VIP addresses")
 	}
 	kept := Route{Table: 20102, Dst: pfx("::/0"), Gw: addr("2001:db8:53::1"), Link: 4, Metric: RouteMetric}
-	if d := DiffLines(p, p.Rules, append(slices.Clone(p.Routes), kept)); len(d) != 0 {
-		t.Errorf("DiffLines lists a route the Manager keeps: %q", d)
+	if d := Diff(p, Plan{Rules: p.Rules, Routes: append(slices.Clone(p.Routes), kept)}); len(d) != 0 {
+		t.Errorf("Diff lists a route the Manager keeps: %q", d)
 	}
 
 	// The address back: the whole plan, no problem.
@@ -343,13 +343,13 @@ func TestBuildPlanNoGatewayNoRule(t *testing.T) {
 	}
 }
 
-func TestDiffLines(t *testing.T) {
+func TestDiff(t *testing.T) {
 	p, err := BuildPlan(lyncConfig(true), lyncLinks())
 	if err != nil {
 		t.Fatal(err)
 	}
 	stale := Rule{Priority: 20105, Table: 20105, Src: pfx("198.18.7.7/32")}
-	got := DiffLines(p, append(p.Rules[1:], stale), p.Routes[1:])
+	got := Diff(p, Plan{Rules: append(p.Rules[1:], stale), Routes: p.Routes[1:]})
 	want := []string{
 		"+ " + p.Routes[0].Line(),
 		"+ " + p.Rules[0].Line(),
@@ -502,7 +502,7 @@ func TestBuildPlanTransparencyErrors(t *testing.T) {
 	}
 }
 
-func TestSourceFor(t *testing.T) {
+func TestSources(t *testing.T) {
 	links := lyncLinks()
 	// keepalived's VIP with the subnet's prefix, listed before the box's own address.
 	links[1].Addrs = append([]netip.Prefix{pfx("192.168.100.50/24")}, links[1].Addrs...)
@@ -516,9 +516,9 @@ func TestSourceFor(t *testing.T) {
 		{"2001:db8:53::99", "2001:db8:53::10", true},
 		{"198.51.100.1", "invalid IP", false},
 	} {
-		got, ok := SourceFor(cfg, links, addr(c.dst))
+		got, ok := NewSources(cfg, links).Lookup(addr(c.dst))
 		if ok != c.ok || got.String() != c.want {
-			t.Errorf("SourceFor(%s) = %v, %v; want %s, %v", c.dst, got, ok, c.want, c.ok)
+			t.Errorf("Lookup(%s) = %v, %v; want %s, %v", c.dst, got, ok, c.want, c.ok)
 		}
 	}
 }

@@ -3,10 +3,13 @@
 // default gateway (the appliance's "Use Default Route Only"), the state that brings the replies
 // of transparent services back to pairlb, and, when configured, the VIP addresses themselves.
 //
-// It works in two steps. BuildPlan is a pure function from a *config.Config and a snapshot of the
+// It works in steps. BuildPlan is a pure function from a *config.Config and a snapshot of the
 // box's interfaces to a Plan: the rules, routes, addresses and nftables rules the kernel should
-// hold. A Manager then makes the kernel match a plan over netlink, idempotently, adding before it
-// deletes, and keeps it matching (Run) when links flap and the kernel silently empties a table.
+// hold. diff, pure too, compares a plan with what pairlb has installed and lists the changes,
+// every addition before any removal; Diff renders them for `pairlb routes show`. A Manager
+// carries them out over netlink (through the small kernel interface, which tests replace with
+// a fake), idempotently, and keeps the kernel matching (Run) when links flap and the kernel
+// silently empties a table.
 //
 // A plan is made of units (Unit): each gateway's table with the rules of its VIPs, each VIP
 // address pairlb adds, and transparency per address family. What one unit's links cannot carry
@@ -14,8 +17,10 @@
 // others are installed and repaired as usual, and the Manager retries the failing ones when
 // links or addresses change. A unit with a problem keeps what needs no link (its rules and
 // the `unreachable default`, so a VIP's replies never leak through the main table) and what the
-// kernel still holds of it (see Plan.keepsRoute). Only what no state of the links can change
-// (a VIP and its gateway of different families, say) fails the plan as a whole.
+// kernel still holds of it (see Plan.keepsRoute). The units of a family the kernel does not
+// have (IPv6 on a kernel booted with ipv6.disable=1, whose IPv6 rules cannot even be listed)
+// are problems too, and the other family is installed. Only what no state of the links can
+// change (a VIP and its gateway of different families, say) fails the plan as a whole.
 //
 // Everything pairlb creates lives in one owned range, declared below and nowhere else: routing
 // tables TransparentTable and TableFirst..TableLast, rule priorities TransparentPriority and
@@ -58,7 +63,7 @@
 // pick a /128 VIP that shares more leading bits with a real server than the box's own /64
 // address as the source of connections the box opens, which then follow the VIP's rule. IPv4
 // never picks a /32 VIP (the connected route's preferred source is the box's primary address).
-// SourceFor gives the box's own address on a real server's subnet (subnet_originating).
+// Sources gives the box's own address on a real server's subnet (subnet_originating).
 //
 // Operational notes (see linux-notes.md): each box needs its own permanent address in every
 // gateway's subnet; IPv6 needs net.ipv6.conf.IF.keep_addr_on_down=1 or a link flap takes that
@@ -75,12 +80,7 @@
 // or nft.
 package routing
 
-import (
-	"errors"
-	"fmt"
-
-	"github.com/vishvananda/netlink"
-)
+import "github.com/vishvananda/netlink"
 
 // The owned range. Table ids 253-255 (default, main, local) and the rule priorities 0 (local),
 // 32766 (main) and 32767 (default) are far outside it.
@@ -152,25 +152,4 @@ func ownsRule(r *netlink.Rule) bool {
 // ownsRoute reports whether a route dumped from the kernel is pairlb's.
 func ownsRoute(r *netlink.Route) bool {
 	return r.Protocol == Protocol && ownsTable(r.Table)
-}
-
-// maxDumpTries bounds the retries of a netlink dump interrupted by a concurrent change.
-const maxDumpTries = 8
-
-// retryDump runs a netlink dump again while the kernel reports it was interrupted.
-func retryDump[T any](what string, dump func() (T, error)) (T, error) {
-	var (
-		v   T
-		err error
-	)
-	for range maxDumpTries {
-		v, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	if err != nil {
-		return v, fmt.Errorf("listing %s: %w", what, err)
-	}
-	return v, nil
 }

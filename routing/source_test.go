@@ -87,9 +87,9 @@ func TestSourceAddressTowardsRealServers(t *testing.T) {
 	for _, c := range []struct{ server, want string }{
 		{"198.18.30.50", "198.18.30.2"}, {"2001:db8:30::50", "2001:db8:30::2"}, {"198.51.100.1", ""},
 	} {
-		got, ok := SourceFor(cfg, links, netip.MustParseAddr(c.server))
+		got, ok := NewSources(cfg, links).Lookup(netip.MustParseAddr(c.server))
 		if s := fmt.Sprint(got); ok != (c.want != "") || ok && s != c.want {
-			t.Errorf("SourceFor(%s) = %v, %v; want %q", c.server, got, ok, c.want)
+			t.Errorf("Lookup(%s) = %v, %v; want %q", c.server, got, ok, c.want)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	plbns "github.com/pairlb/pairlb/internal/netns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +27,8 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 	h := l.box.Handle()
 	l.echo(t)
 	logger, logged := teeLogger(t)
-	m := New(h, logger, WithNamespace(l.box.NsHandle()), WithDebounce(50*time.Millisecond))
+	m := New(h, logger, WithNamespace(l.box.NsHandle()))
+	m.debounce = 50 * time.Millisecond
 	cfg := labConfig(true)
 	if err := m.Set(cfg); err != nil {
 		t.Fatal(err)
@@ -39,18 +41,12 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 	if full.Units[0].Addr != gw4 || full.Units[1].Addr != gw6 {
 		t.Fatalf("units %v: want the IPv4 gateway's first", full.Units)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
+	t.Cleanup(func() { // after Run has stopped
 		if err := m.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
+	runManager(t, m)
 	for _, vip := range []netip.Addr{vip4, vip6} {
 		if err := retrySession(l, vip); err != nil {
 			t.Fatalf("session to %s before the fault: %v", vip, err)
@@ -74,7 +70,7 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 		t.Errorf("session to %s after the box's IPv6 address went: %v; the routes still there were removed", vip6, err)
 	}
 	// A re-apply while the problem remains writes nothing: it retries only what is missing.
-	if n := writesOf(t, l, func() { m.reapply() }); n != 0 {
+	if n := len(eventsDuring(t, l.box, "dmz0", pairlbsChange, func() { m.reapply() })); n != 0 {
 		t.Errorf("a re-apply with the IPv6 gateway still unreachable wrote %d changes; want 0", n)
 	}
 	// ... and logs nothing again: a problem is logged when it appears, not on every retry.
@@ -100,7 +96,7 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 			return err
 		}
 		got := slices.DeleteFunc(routes, func(r Route) bool { return r.Table != table4 })
-		if d := DiffLines(Plan{Routes: want4}, nil, got); len(d) != 0 {
+		if d := Diff(Plan{Routes: want4}, Plan{Routes: got}); len(d) != 0 {
 			return fmt.Errorf("table %d differs: %q", table4, d)
 		}
 		return nil
@@ -134,7 +130,7 @@ func TestOneGatewayDoesNotBlockTheOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	until(t, 5*time.Second, "everything installed again", func() error {
-		if d, err := m.Diff(cfg); err != nil || len(d) != 0 {
+		if d, err := m.pending(cfg); err != nil || len(d) != 0 {
 			return fmt.Errorf("diff %q, %v", d, err)
 		}
 		if p := m.Problems(); len(p) != 0 {
@@ -215,13 +211,57 @@ func retrySession(l *lab, vip netip.Addr) error {
 	return err
 }
 
-// writesOf counts the changes to pairlb's tables and to global addresses in the box while f
-// runs. The count is exact, not a sleep: after f, a marker route (in a table of no one's) and a
-// marker address are added, and the events are counted up to the markers' (each socket
-// receives its events in order).
-func writesOf(t *testing.T, l *lab, f func()) int {
+// runManager runs m.Run until the test ends (or stop is called) and returns once Run watches
+// the namespace: a change made from then on is seen.
+func runManager(t *testing.T, m *Manager) (stop func()) {
 	t.Helper()
-	ns := l.box.NsHandle()
+	watching := make(chan struct{}, 1)
+	m.watching = func() {
+		select {
+		case watching <- struct{}{}:
+		default:
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- m.Run(ctx) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	t.Cleanup(stop)
+	select {
+	case <-watching:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not watch within 10s")
+	}
+	return stop
+}
+
+// An event filter of eventsDuring: route is nil for an address event and addr nil for a route
+// event.
+type eventFilter func(route *netlink.RouteUpdate, addr netip.Addr) bool
+
+// anyEvent counts every route and address notification.
+func anyEvent(*netlink.RouteUpdate, netip.Addr) bool { return true }
+
+// pairlbsChange counts the changes to pairlb's tables and to global addresses.
+func pairlbsChange(r *netlink.RouteUpdate, a netip.Addr) bool {
+	if r != nil {
+		return ownsTable(r.Table)
+	}
+	return !a.IsLinkLocalUnicast()
+}
+
+// eventsDuring lists the route and address notifications in n that count while f runs. The
+// list is exact, not a sleep: after f, a marker route (in a table of no one's) and a marker
+// address are added on link, and the events are listed up to the markers' (each socket
+// receives its events in order).
+func eventsDuring(t *testing.T, n *plbns.NS, link string, count eventFilter, f func()) []string {
+	t.Helper()
+	ns := n.NsHandle()
 	done := make(chan struct{})
 	routes := make(chan netlink.RouteUpdate, 256)
 	addrs := make(chan netlink.AddrUpdate, 256)
@@ -240,42 +280,59 @@ func writesOf(t *testing.T, l *lab, f func()) int {
 		mu                  sync.Mutex
 		seen                []string
 		routeMark, addrMark = make(chan struct{}), make(chan struct{})
-		routeOnce, addrOnce sync.Once
 	)
 	note := func(s string) {
 		mu.Lock()
 		seen = append(seen, s)
 		mu.Unlock()
 	}
+	// Each goroutine stops counting at its marker; what follows (the marker address's own
+	// local route, say) is after f.
 	wg.Go(func() {
+		marked := false
 		for u := range addrs {
 			a, _ := netip.AddrFromSlice(u.LinkAddress.IP)
-			switch {
-			case a.Unmap() == markerAddr.Addr():
-				addrOnce.Do(func() { close(addrMark) })
-			case !a.IsLinkLocalUnicast():
+			switch a = a.Unmap(); {
+			case marked:
+			case a == markerAddr.Addr():
+				marked = true
+				close(addrMark)
+			case count(nil, a):
 				note(fmt.Sprintf("address %v new=%v", a, u.NewAddr))
 			}
 		}
 	})
 	wg.Go(func() {
+		marked := false
 		for u := range routes {
 			switch {
+			case marked:
 			case u.Table == markerTable:
-				routeOnce.Do(func() { close(routeMark) })
-			case ownsTable(u.Table):
+				marked = true
+				close(routeMark)
+			case count(&u, netip.Addr{}):
 				note(fmt.Sprintf("route table %d dst %v type %d", u.Table, u.Dst, u.Type))
 			}
 		}
 	})
 
+	// The subscriptions end however f ends (t.Fatal in f included).
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			close(done)
+			wg.Wait()
+		}
+	}
+	defer stop()
 	f()
-	dmz, err := l.box.Link("dmz0")
+	l, err := n.Link(link)
 	if err == nil {
-		err = l.box.Handle().RouteAdd(&netlink.Route{Table: markerTable, LinkIndex: dmz.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(markerDst)})
+		err = n.Handle().RouteAdd(&netlink.Route{Table: markerTable, LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(markerDst)})
 	}
 	if err == nil {
-		err = l.box.AddAddr("dmz0", markerAddr)
+		err = n.AddAddr(link, markerAddr)
 	}
 	if err == nil {
 		for _, ch := range []chan struct{}{routeMark, addrMark} {
@@ -286,15 +343,14 @@ func writesOf(t *testing.T, l *lab, f func()) int {
 			}
 		}
 	}
-	close(done)
-	wg.Wait()
+	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.box.Handle().RouteDel(&netlink.Route{Table: markerTable, LinkIndex: dmz.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(markerDst)}); err != nil {
+	if err := n.Handle().RouteDel(&netlink.Route{Table: markerTable, LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_LINK, Dst: ipNet(markerDst)}); err != nil {
 		t.Error(err)
 	}
-	if err := delAddr(l.box, "dmz0", markerAddr); err != nil {
+	if err := delAddr(n, link, markerAddr); err != nil {
 		t.Error(err)
 	}
 	mu.Lock()
@@ -302,7 +358,7 @@ func writesOf(t *testing.T, l *lab, f func()) int {
 	if len(seen) > 0 {
 		t.Logf("changes: %q", seen)
 	}
-	return len(seen)
+	return seen
 }
 
 // One route the kernel refuses is a problem of its unit alone: every other object of the plan
@@ -342,7 +398,7 @@ func TestApplyRefusedRouteIsItsUnitsProblem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := DiffLines(p, rules, routes); len(d) != 0 {
+	if d := Diff(p, Plan{Rules: rules, Routes: routes}); len(d) != 0 {
 		t.Errorf("the rest of the plan is not installed: %q", d)
 	}
 }
