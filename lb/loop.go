@@ -66,7 +66,7 @@ type loop struct {
 	now     int64      // unix nanoseconds, read once per round
 	scratch []byte     // read buffer, shared by every connection of the loop
 	tickers []func(now int64)
-	udp     *udpLoop // the UDP listeners' batches, made with the first (udp.go)
+	udp     *udpLoop // the UDP listeners' batches, made with the first (udplisten.go)
 
 	mu      sync.Mutex
 	tasks   []func()
@@ -264,4 +264,67 @@ func (lp *loop) stop() {
 func (lp *loop) close() {
 	lp.epfile.Close()
 	unix.Close(lp.wakefd)
+}
+
+// continueLater has the loop pump c again next round, after the other connections' events.
+func (lp *loop) continueLater(c *tcpConn) {
+	if !c.queued {
+		c.queued = true
+		lp.again = append(lp.again, c)
+	}
+}
+
+func (lp *loop) dropConn(c *tcpConn) {
+	last := lp.conns[len(lp.conns)-1]
+	lp.conns[c.idx], last.idx = last, c.idx
+	lp.conns[len(lp.conns)-1] = nil
+	lp.conns = lp.conns[:len(lp.conns)-1]
+}
+
+// sweepConns ends dials that have timed out and connections idle for their service's idle
+// timeout, and takes the pipes back from directions that have gone quiet. It walks backwards,
+// since closing a connection moves the last one into its place.
+func (lp *loop) sweepConns(now int64) {
+	for i := len(lp.conns) - 1; i >= 0; i-- {
+		if i >= len(lp.conns) {
+			continue // a failed dial closed more than one
+		}
+		c := lp.conns[i]
+		switch idle := c.bnd.svc.cfg.IdleTimeout; {
+		case c.dialing:
+			if c.dialDeadline > 0 && now >= c.dialDeadline {
+				c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
+			}
+		case idle > 0 && now-c.lastActive >= int64(idle):
+			c.idled = true
+			c.close()
+		default:
+			for d := range c.dir {
+				if h := &c.dir[d]; h.pipe != nil && h.inPipe == 0 && now-h.last >= int64(loopTick) {
+					pipePool.Put(h.pipe)
+					h.pipe = nil
+				}
+			}
+		}
+	}
+}
+
+// closeConns closes every open connection: the drain deadline has passed.
+func (lp *loop) closeConns() {
+	for len(lp.conns) > 0 {
+		lp.conns[len(lp.conns)-1].close()
+	}
+}
+
+// udpState returns the loop's UDP state, made with the loop's first UDP listener.
+func (lp *loop) udpState() *udpLoop {
+	if lp.udp == nil {
+		lp.udp = &udpLoop{
+			in:      newMsgBatch(udpBatch, maxDatagram),
+			out:     newMsgBatch(udpBatch, 0),
+			replies: newMsgBatch(udpBatch, maxDatagram),
+		}
+		lp.onTick(lp.udp.sweep)
+	}
+	return lp.udp
 }

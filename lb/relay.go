@@ -7,7 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The buffers and pipes of TCP connections (tcp.go). A connection takes them only while data
+// The buffers and pipes of TCP connections (tcpconn.go). A connection takes them only while data
 // is waiting to be written and gives them back as soon as it has gone, so an idle connection
 // holds neither: it costs its two sockets and a small struct. (io.Copy between two TCPConns
 // would splice too, but keeps a pipe, two descriptors, for the connection's life.)

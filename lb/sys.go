@@ -122,10 +122,3 @@ func netPort(p *uint16) uint16 { return binary.BigEndian.Uint16((*[2]byte)(unsaf
 func setNetPort(p *uint16, port uint16) {
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(p))[:], port)
 }
-
-func family(a netip.Addr) int {
-	if a.Unmap().Is4() {
-		return unix.AF_INET
-	}
-	return unix.AF_INET6
-}

@@ -1,18 +1,12 @@
 package lb
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -84,23 +78,10 @@ func (h *direction) pending() bool { return h.end > h.off || h.inPipe > 0 }
 // starve the loop's other connections; the loop continues it next round.
 const roundBudget = 1 << 20
 
-// acceptTCP takes a new client connection, accepted on a listener at local, onto lp and starts
-// dialling its real server.
-func (b *Balancer) acceptTCP(lp *loop, fd int, client, local netip.AddrPort, bnd *binding) {
+// newTCPConn takes fd, a client connection from client that its listener admitted, onto lp
+// and starts dialling its real server; hop and note are the loop guard's (loopguard.go).
+func newTCPConn(lp *loop, b *Balancer, bnd *binding, fd int, client netip.AddrPort, hop uint16, note bool) {
 	svc, st := bnd.svc, bnd.svc.stats
-	bnd.accepted.accepted.Add(1)
-	st.accepted.Add(1)
-	hop, note := b.hopTCP(fd, client, local)
-	if b.isLoop(hop) {
-		b.loopRefused(svc, bnd.port.String(), client)
-		resetFD(fd)
-		return
-	}
-	if !svc.allowed(client.Addr()) {
-		st.drop(DropAccessDenied)
-		resetFD(fd)
-		return
-	}
 	b.connWG.Add(1) // before shutdown's Wait: shutdown waits for the loops to stop accepting
 	st.active.Add(1)
 	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, idx: len(lp.conns), hop: hop, note: note}
@@ -437,127 +418,4 @@ func (c *tcpConn) close() {
 	c.bnd.svc.stats.active.Add(-1)
 	c.lp.dropConn(c)
 	c.b.connWG.Done()
-}
-
-// continueLater has the loop pump c again next round, after the other connections' events.
-func (lp *loop) continueLater(c *tcpConn) {
-	if !c.queued {
-		c.queued = true
-		lp.again = append(lp.again, c)
-	}
-}
-
-func (lp *loop) dropConn(c *tcpConn) {
-	last := lp.conns[len(lp.conns)-1]
-	lp.conns[c.idx], last.idx = last, c.idx
-	lp.conns[len(lp.conns)-1] = nil
-	lp.conns = lp.conns[:len(lp.conns)-1]
-}
-
-// sweepConns ends dials that have timed out and connections idle for their service's idle
-// timeout, and takes the pipes back from directions that have gone quiet. It walks backwards,
-// since closing a connection moves the last one into its place.
-func (lp *loop) sweepConns(now int64) {
-	for i := len(lp.conns) - 1; i >= 0; i-- {
-		if i >= len(lp.conns) {
-			continue // a failed dial closed more than one
-		}
-		c := lp.conns[i]
-		switch idle := c.bnd.svc.cfg.IdleTimeout; {
-		case c.dialing:
-			if c.dialDeadline > 0 && now >= c.dialDeadline {
-				c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
-			}
-		case idle > 0 && now-c.lastActive >= int64(idle):
-			c.idled = true
-			c.close()
-		default:
-			for d := range c.dir {
-				if h := &c.dir[d]; h.pipe != nil && h.inPipe == 0 && now-h.last >= int64(loopTick) {
-					pipePool.Put(h.pipe)
-					h.pipe = nil
-				}
-			}
-		}
-	}
-}
-
-// closeConns closes every open connection: the drain deadline has passed.
-func (lp *loop) closeConns() {
-	for len(lp.conns) > 0 {
-		lp.conns[len(lp.conns)-1].close()
-	}
-}
-
-// dialTCP starts a non-blocking connection to "to" from local (if valid), for a transparent
-// service from the client's own address.
-func dialTCP(local, to netip.AddrPort, transparent, keepalive bool) (int, error) {
-	return dialSocket(unix.SOCK_STREAM, local, to, transparent, func(fd int) unix.Errno {
-		if keepalive {
-			setKeepalive(fd, true)
-		}
-		return sysSetsockopt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	})
-}
-
-// keepAlive: a dead peer of an idle connection is found within about two minutes.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
-
-func setKeepalive(fd int, on bool) {
-	if !on {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
-		return
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
-}
-
-// resetFD closes fd with an RST instead of a FIN, so the peer learns at once that the
-// connection is gone (TCP refusal, "Reset on Close").
-func resetFD(fd int) {
-	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	sysClose(fd)
-}
-
-// serveUnavailable answers an HTTP client with a redirect when the service has no server: the
-// appliance's "Not Available Redirection". It reads one request within the redirector's
-// bounds: the header timeout and a budget of bytes and lines.
-func serveUnavailable(c net.Conn, template string) {
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(httpReadHeaderTimeout))
-	req, err := http.ReadRequest(bufio.NewReader(newBudgetConn(c, nil)))
-	if err != nil {
-		var ne net.Error
-		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !(errors.As(err, &ne) && ne.Timeout()) {
-			_, _ = io.WriteString(c, badRequest)
-		}
-		return
-	}
-	loc, err := expandRedirect(template, req)
-	if err != nil {
-		_, _ = io.WriteString(c, badRequest)
-		return
-	}
-	resp := http.Response{
-		StatusCode: http.StatusFound,
-		ProtoMajor: 1, ProtoMinor: 1,
-		Header: http.Header{"Location": {loc}, "Connection": {"close"}},
-		Close:  true,
-	}
-	_ = resp.Write(c)
-}
-
-const badRequest = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-
-// maxUnavailable bounds the clients served an unavailable_redirect at once, each with a
-// goroutine for up to the header timeout; beyond it a client is reset, as without a redirect.
-const maxUnavailable = 1024
-
-// release gives back the active count taken by the dial plan.
-func (r *realServer) release(log *slog.Logger, vs string) {
-	if r.active.Add(-1) == 0 && State(r.state.Load()) == Draining {
-		log.Info("real server drained", "virtual_service", vs, "real_server", r.key)
-	}
 }
