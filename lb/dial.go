@@ -44,9 +44,9 @@ func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
 		return netip.AddrPort{}, netip.AddrPort{}, false
 	}
 	if len(p.tried) > 0 || svc.cfg.HasSorryServer() {
-		svc.stats.drop(DropDialFailed)
+		svc.stats.drop(DropDialFailed, 1)
 	} else {
-		svc.stats.drop(DropNoServer)
+		svc.stats.drop(DropNoServer, 1)
 	}
 	return netip.AddrPort{}, netip.AddrPort{}, false
 }

@@ -81,7 +81,7 @@ func newLoop() (*loop, error) {
 	}
 	// Non-blocking, so that os.NewFile puts it in Go's poller.
 	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
+		sysClose(epfd)
 		return nil, fmt.Errorf("making the epoll set non-blocking: %w", err)
 	}
 	epfile := os.NewFile(uintptr(epfd), "epoll")
@@ -263,7 +263,7 @@ func (lp *loop) stop() {
 // close releases the loop's descriptors once run has returned.
 func (lp *loop) close() {
 	lp.epfile.Close()
-	unix.Close(lp.wakefd)
+	sysClose(lp.wakefd)
 }
 
 // continueLater has the loop pump c again next round, after the other connections' events.

@@ -128,7 +128,7 @@ func (r *redirectListener) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	st.accepted.Add(1)
 	client, _ := netip.ParseAddrPort(req.RemoteAddr)
 	if !bnd.svc.allowed(client.Addr()) {
-		st.drop(DropAccessDenied)
+		st.drop(DropAccessDenied, 1)
 		http.Error(w, "forbidden", http.StatusForbidden)
 		return
 	}

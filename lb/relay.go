@@ -37,7 +37,7 @@ var pipePool = sync.Pool{New: func() any {
 	_, _ = unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
 	p := &relayPipe{r: fds[0], w: fds[1]}
 	// A pipe dropped by the pool is closed when collected.
-	runtime.AddCleanup(p, func(fds [2]int) { unix.Close(fds[0]); unix.Close(fds[1]) }, fds)
+	runtime.AddCleanup(p, func(fds [2]int) { sysClose(fds[0]); sysClose(fds[1]) }, fds)
 	return p
 }}
 

@@ -23,7 +23,7 @@ func listenTCP(addr netip.AddrPort) (int, error) {
 		return -1, err
 	}
 	if err := unix.Listen(fd, maxBacklog); err != nil {
-		unix.Close(fd)
+		sysClose(fd)
 		return -1, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return fd, nil
@@ -45,12 +45,12 @@ func bindVIP(addr netip.AddrPort, sotype int, opts ...[3]int) (int, error) {
 	}
 	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
-			unix.Close(fd)
+			sysClose(fd)
 			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
 		}
 	}
 	if errno := sysBind(fd, addr); errno != 0 {
-		unix.Close(fd)
+		sysClose(fd)
 		return -1, fmt.Errorf("bind %s: %w", addr, errno)
 	}
 	return fd, nil

@@ -52,7 +52,9 @@ type serviceStats struct {
 	ports map[config.Port]*portCounter
 }
 
-func (s *serviceStats) drop(r DropReason) { s.dropped[r].Add(1) }
+// drop counts n connections or datagrams not forwarded for reason r: the one way the package
+// counts a drop, so that every drop reaches the status and the metrics.
+func (s *serviceStats) drop(r DropReason, n uint64) { s.dropped[r].Add(n) }
 
 // portCounter counts the connections accepted on one port of a service.
 type portCounter struct {

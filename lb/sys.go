@@ -36,6 +36,10 @@ func sysSplice(rfd, wfd, n int) (int, unix.Errno) {
 	return int(m), e
 }
 
+// sysClose closes fd. It is the one way the package closes a descriptor it holds raw (resetFD
+// closes through it too); a descriptor handed to an os.File, such as a loop's epoll set, is
+// closed by its File. Linux releases the descriptor even when close reports an error, so there
+// is nothing to retry or report.
 func sysClose(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
 
 func sysShutdownWrite(fd int) { unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0) }

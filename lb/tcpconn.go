@@ -90,7 +90,7 @@ func newTCPConn(lp *loop, b *Balancer, bnd *binding, fd int, client netip.AddrPo
 	c.ready[sideClient] = canWrite
 	lp.conns = append(lp.conns, c)
 	if err := lp.add(fd, connEvents, c, sideClient); err != nil {
-		st.drop(DropLocalError)
+		st.drop(DropLocalError, 1)
 		if n, ok := st.logs.allow(logConnDropped, lp.now); ok {
 			st.logs.write(b.log, logConnDropped, n, "virtual_service", svc.cfg.Name, "err", err)
 		}

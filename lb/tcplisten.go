@@ -141,7 +141,7 @@ func (l *tcpListener) dup() (int, error) {
 func (l *tcpListener) closeLocked() {
 	if !l.closed {
 		l.closed = true
-		unix.Close(l.fd)
+		sysClose(l.fd)
 	}
 	if l.started {
 		l.finished.Do(l.b.tcpAcceptWG.Done)
@@ -200,7 +200,7 @@ func (l *tcpListener) admit(lp *loop, fd int, client netip.AddrPort) {
 		return
 	}
 	if !svc.allowed(client.Addr()) {
-		st.drop(DropAccessDenied)
+		st.drop(DropAccessDenied, 1)
 		resetFD(fd)
 		return
 	}

@@ -185,7 +185,7 @@ func (l *udpListener) closeIfIdle() {
 		return
 	}
 	l.closed = true
-	unix.Close(l.fd)
+	sysClose(l.fd)
 	if !l.started {
 		return
 	}
@@ -298,7 +298,7 @@ func (l *udpListener) handle(lp *loop, _ int8, _ uint32) {
 			return
 		}
 		if d := in.overflow(n, &l.rxqDrops); d > 0 {
-			l.cur.Load().svc.stats.dropped[DropUDPReceiveOverflow].Add(uint64(d))
+			l.cur.Load().svc.stats.drop(DropUDPReceiveOverflow, uint64(d))
 		}
 		l.forward(lp, n)
 		if l.closed || n < len(in.hdrs) {
@@ -320,7 +320,7 @@ func (l *udpListener) forward(lp *loop, n int) {
 	groups := l.groups[:0]
 	for i := range n {
 		if in.truncated(i) {
-			st.drop(DropUDPTooLarge)
+			st.drop(DropUDPTooLarge, 1)
 			continue
 		}
 		from := in.from(i)
@@ -355,7 +355,7 @@ func (l *udpListener) forward(lp *loop, n int) {
 		}
 		if sent < len(g.idx) {
 			// The server's socket is full or refused: those datagrams are lost, counted.
-			st.dropped[DropUDPSendFailed].Add(uint64(len(g.idx) - sent))
+			st.drop(DropUDPSendFailed, uint64(len(g.idx)-sent))
 			if err != nil {
 				if k, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
 					st.logs.write(l.b.log, logUDPSendFailed, k, "virtual_service", g.s.svc.cfg.Name, "err", err)
@@ -385,7 +385,7 @@ func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
 	svc, client := bnd.svc, s.client
 	if !svc.allowed(client.Addr()) {
 		s.close()
-		svc.stats.drop(DropAccessDenied)
+		svc.stats.drop(DropAccessDenied, 1)
 		return nil
 	}
 	fd, r, ok := connectUDP(l.b, bnd, client, true)
@@ -413,13 +413,13 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 		return nil
 	}
 	if !svc.allowed(client.Addr()) {
-		st.drop(DropAccessDenied)
+		st.drop(DropAccessDenied, 1)
 		return nil
 	}
 	// Checked again under the lock; this first look spares a flood of new clients beyond the
 	// bound a socket and a server choice each.
 	if st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions) {
-		st.drop(DropUDPTableFull)
+		st.drop(DropUDPTableFull, 1)
 		return nil
 	}
 	fd, r, ok := connectUDP(l.b, bnd, client, false)
@@ -449,14 +449,14 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 		self = l.b.noteSelf(fd, to, hop) // before the first datagram leaves
 	}
 	reject := func(reason DropReason) *udpSession {
-		unix.Close(fd)
+		sysClose(fd)
 		if self.IsValid() {
 			l.b.self.remove(self)
 		}
 		if r != nil {
 			r.release(l.b.log, svc.cfg.Name)
 		}
-		st.drop(reason)
+		st.drop(reason, 1)
 		return nil
 	}
 

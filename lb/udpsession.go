@@ -81,7 +81,7 @@ func (s *udpSession) handle(lp *loop, _ int8, _ uint32) {
 			return
 		}
 		if d := b.overflow(n, &s.rxqDrops); d > 0 {
-			s.svc.stats.dropped[DropUDPReceiveOverflow].Add(uint64(d))
+			s.svc.stats.drop(DropUDPReceiveOverflow, uint64(d))
 		}
 		s.reply(lp, b, n)
 		if n < len(b.hdrs) {
@@ -98,7 +98,7 @@ func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
 	var size uint64
 	for i := range n {
 		if b.truncated(i) {
-			st.drop(DropUDPTooLarge)
+			st.drop(DropUDPTooLarge, 1)
 			continue
 		}
 		if k != i {
@@ -111,7 +111,7 @@ func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
 	}
 	sent, _, err := b.sendNow(s.l.fd, k, s.client)
 	if sent < k {
-		st.dropped[DropUDPSendFailed].Add(uint64(k - sent))
+		st.drop(DropUDPSendFailed, uint64(k-sent))
 		if err != nil {
 			if n, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
 				st.logs.write(s.l.b.log, logUDPSendFailed, n, "virtual_service", s.svc.cfg.Name, "err", err)
@@ -139,7 +139,7 @@ func (s *udpSession) end() {
 	s.closed = true
 	l, st := s.l, s.svc.stats
 	l.lp.forget(s.fd)
-	unix.Close(s.fd)
+	sysClose(s.fd)
 	if s.self.IsValid() {
 		l.b.self.remove(s.self)
 	}
