@@ -61,8 +61,9 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 	if b.stopping {
 		return ErrStopping
 	}
-	if b.loopErr != nil {
-		return fmt.Errorf("the balancer cannot carry TCP or UDP: %w", b.loopErr)
+	made, err := b.makeLoops()
+	if err != nil {
+		return fmt.Errorf("the balancer cannot carry TCP or UDP: %w", err)
 	}
 
 	services := make(map[string]*service, len(cfg.VirtualServices))
@@ -116,6 +117,9 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 			}
 			for _, u := range revived {
 				u.retire()
+			}
+			if made && !b.running {
+				b.unmakeLoops()
 			}
 			return fmt.Errorf("opening listener %s for %s: %w", k, bnd.svc.cfg.Name, err)
 		}

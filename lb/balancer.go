@@ -26,10 +26,10 @@ type Balancer struct {
 	retiring  map[listenerKey]*udpListener // removed UDP listeners still serving their sessions
 	stopping  bool
 
-	// connWG counts open connections and UDP sessions. tcpAcceptWG counts the TCP listeners
-	// some loop still accepts on, the only code that adds to connWG without a lock: shutdown
-	// waits for them to stop before it waits for connWG. acceptWG counts open UDP listeners and
-	// the redirectors' goroutines.
+	// connWG counts open connections and UDP sessions, tcpAcceptWG the TCP listeners some loop
+	// still accepts on (the only code that adds to connWG without a lock), acceptWG the open UDP
+	// listeners and the redirectors' goroutines. The package comment (doc.go) says in which
+	// order shutdown waits for them, and why.
 	connWG      sync.WaitGroup
 	tcpAcceptWG sync.WaitGroup
 	acceptWG    sync.WaitGroup
@@ -49,10 +49,10 @@ type Balancer struct {
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
-	// loops carry the TCP connections and the UDP sessions (loop.go), one per usable CPU; Run
-	// runs them.
+	// loops carry the TCP connections and the UDP sessions (loop.go), one per usable CPU. The
+	// first Apply makes them (makeLoops) and Run runs them; both under mu.
 	loops        []*loop
-	loopErr      error // why the loops could not be made; Apply reports it
+	running      bool // Run has started the loops: a loop made from now on starts at once
 	loopWG       sync.WaitGroup
 	udpListeners int // UDP listeners ever opened, to spread them over the loops; under mu
 
@@ -60,8 +60,9 @@ type Balancer struct {
 	rcvbufLogged atomic.Bool                                          // newUDPListener: the receive buffer granted
 }
 
-// New returns a Balancer with no listeners. Call Apply to give it a configuration and Run to
-// own its lifetime.
+// New returns a Balancer with no listeners. It holds no descriptor until Apply: a Balancer
+// that is never applied needs nothing released. Call Apply to give it a configuration and Run
+// to own its lifetime; once Apply has succeeded, only Run releases what it opened.
 func New(log *slog.Logger) *Balancer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -75,34 +76,22 @@ func New(log *slog.Logger) *Balancer {
 		force:       force,
 		forceCancel: cancel,
 	}
-	// One loop per CPU the process may use: a proxy pinned to one core gets one loop and no
-	// locks contended; Go's own GOMAXPROCS follows the same CPU affinity.
-	for range runtime.GOMAXPROCS(0) {
-		lp, err := newLoop()
-		if err != nil {
-			b.loopErr = err
-			break
-		}
-		lp.onTick(lp.sweepConns)
-		b.loops = append(b.loops, lp)
-	}
 	return b
 }
 
 // ErrStopping is returned by Apply once the balancer has begun to stop.
 var ErrStopping = errors.New("balancer is stopping")
 
-// Run owns the balancer's lifetime: it does the periodic housekeeping and, when ctx ends, stops
-// gracefully (see shutdown) with the configured drain timeout. It returns when every goroutine
-// the balancer started has ended.
-func (b *Balancer) Run(ctx context.Context) error {
-	for _, lp := range b.loops {
-		b.loopWG.Add(1)
-		go func() {
-			defer b.loopWG.Done()
-			lp.run()
-		}()
-	}
+// Run owns the balancer's lifetime: it runs the loops, does the periodic housekeeping and, when
+// ctx ends, stops gracefully (see shutdown) with the configured drain timeout. It returns when
+// every goroutine the balancer started has ended and every descriptor it opened is closed,
+// also when ctx has ended before Run was called. Work that Apply left for the loops before Run
+// (listeners to watch, connections queued in their backlog) waits for it.
+func (b *Balancer) Run(ctx context.Context) {
+	b.mu.Lock()
+	b.running = true
+	b.runLoops(b.loops)
+	b.mu.Unlock()
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	for {
@@ -115,7 +104,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 			}
 			b.mu.Unlock()
 			b.shutdown(drain)
-			return nil
+			return
 		case now := <-tick.C:
 			b.housekeeping(now)
 		}
@@ -174,6 +163,54 @@ func (b *Balancer) shutdown(drain time.Duration) {
 		lp.close()
 	}
 	b.log.Info("balancer stopped")
+}
+
+// makeLoops makes the loops if they do not exist yet, one per CPU the process may use: a proxy
+// pinned to one core gets one loop and no locks contended; Go's own GOMAXPROCS follows the same
+// CPU affinity. It reports whether it made them now; on an error it keeps none. The caller
+// holds mu.
+func (b *Balancer) makeLoops() (made bool, err error) {
+	if b.loops != nil {
+		return false, nil
+	}
+	loops := make([]*loop, 0, runtime.GOMAXPROCS(0))
+	for range cap(loops) {
+		lp, err := newLoop()
+		if err != nil {
+			for _, lp := range loops {
+				lp.close()
+			}
+			return false, err
+		}
+		lp.onTick(lp.sweepConns)
+		loops = append(loops, lp)
+	}
+	b.loops = loops
+	if b.running {
+		b.runLoops(loops)
+	}
+	return true, nil
+}
+
+// unmakeLoops closes the loops of a first Apply that failed, before Run: nothing else holds
+// them, and a Balancer that is never run must not keep them. The caller holds mu.
+func (b *Balancer) unmakeLoops() {
+	for _, lp := range b.loops {
+		lp.stop() // what the aborted listeners posted is dropped with it
+		lp.close()
+	}
+	b.loops = nil
+}
+
+// runLoops starts a goroutine for each of loops; shutdown waits for them. The caller holds mu.
+func (b *Balancer) runLoops(loops []*loop) {
+	for _, lp := range loops {
+		b.loopWG.Add(1)
+		go func() {
+			defer b.loopWG.Done()
+			lp.run()
+		}()
+	}
 }
 
 // Config returns the configuration being served, or nil before the first Apply.

@@ -250,7 +250,8 @@ func (d *daemon) run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	d.admin.checked.Store(true)
-	err := d.lb.Run(ctx)
+	d.lb.Run(ctx)
+	var err error
 	wg.Wait()
 	if d.routes != nil {
 		if cerr := d.routes.Close(); cerr != nil {
