@@ -60,7 +60,10 @@ type loop struct {
 	// Only the loop's goroutine touches the fields below, up to mu.
 	fds     []fdEntry
 	gen     int32
-	conns   []*tcpConn // open connections, for timeouts and the drain deadline
+	conns   []*tcpConn // open connections, for the drain deadline
+	timers  connTimers // the connections' dial and idle deadlines (tcptimers.go)
+	piped   []*tcpConn // connections that have taken a pipe, to give it back once quiet
+	swept   uint64     // connections the sweep has looked at: its work, for the tests
 	again   []*tcpConn // connections that stopped early for fairness, to continue next round
 	spare   []*tcpConn // the other of two lists for again, swapped each round
 	now     int64      // unix nanoseconds, read once per round
@@ -98,6 +101,7 @@ func newLoop() (*loop, error) {
 	lp := &loop{epfd: epfd, epfile: epfile, epraw: epraw, wakefd: wakefd, scratch: make([]byte, relayBuffer),
 		events: make([]unix.EpollEvent, 256)}
 	lp.pollFn = lp.poll
+	lp.timers.next = slotOf(time.Now().UnixNano())
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		lp.close()
@@ -282,31 +286,22 @@ func (lp *loop) dropConn(c *tcpConn) {
 }
 
 // sweepConns ends dials that have timed out and connections idle for their service's idle
-// timeout, and takes the pipes back from directions that have gone quiet. It walks backwards,
-// since closing a connection moves the last one into its place.
+// timeout, and takes the pipes back from directions that have gone quiet. It looks only at the
+// connections whose deadline has come (connTimers) and at those holding a pipe, never at every
+// connection.
 func (lp *loop) sweepConns(now int64) {
-	for i := len(lp.conns) - 1; i >= 0; i-- {
-		if i >= len(lp.conns) {
-			continue // a failed dial closed more than one
-		}
-		c := lp.conns[i]
-		switch idle := c.bnd.svc.cfg.IdleTimeout; {
-		case c.dialing:
-			if c.dialDeadline > 0 && now >= c.dialDeadline {
-				c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
-			}
-		case idle > 0 && now-c.lastActive >= int64(idle):
-			c.idled = true
-			c.close()
-		default:
-			for d := range c.dir {
-				if h := &c.dir[d]; h.pipe != nil && h.inPipe == 0 && now-h.last >= int64(loopTick) {
-					pipePool.Put(h.pipe)
-					h.pipe = nil
-				}
-			}
+	lp.swept += uint64(lp.timers.expire(now, func(c *tcpConn) { c.expired(now) }))
+	piped := lp.piped[:0]
+	for _, c := range lp.piped {
+		lp.swept++
+		if !c.closed && c.givePipesBack(now) {
+			piped = append(piped, c)
+		} else {
+			c.piped = false
 		}
 	}
+	clear(lp.piped[len(piped):])
+	lp.piped = piped
 }
 
 // closeConns closes every open connection: the drain deadline has passed.

@@ -28,9 +28,16 @@ type tcpConn struct {
 	dialTo                         netip.AddrPort
 	dialing, closed, idled, queued bool
 	reset                          bool  // close with RST
+	piped                          bool  // in lp.piped: a direction has held a pipe
 	lastActive, dialDeadline       int64 // unix ns
 	idx                            int   // in lp.conns
 	stopDown                       func() bool
+
+	// The connection's place on its loop's timer wheel (tcptimers.go): its deadline (unix ns,
+	// 0 for none), its slot, and its neighbours there.
+	timerAt      int64
+	timerSlot    int32
+	tprev, tnext *tcpConn
 
 	// The loop guard (loopguard.go): the connection's hop number, whether its socket towards
 	// the server is to be noted whatever its destination, and that socket's local address
@@ -122,6 +129,7 @@ func (c *tcpConn) dialNext() {
 				if d := c.bnd.global.DialTimeout; d > 0 {
 					c.dialDeadline = c.lp.now + int64(d)
 				}
+				c.lp.timers.arm(c, c.dialDeadline)
 				return
 			}
 			sysClose(fd)
@@ -218,6 +226,7 @@ func (c *tcpConn) handle(_ *loop, side int8, ev uint32) {
 
 func (c *tcpConn) connected() {
 	c.dialing = false
+	c.armIdle()
 	c.real = c.plan.succeeded()
 	if c.real != nil && c.bnd.svc.cfg.CloseOnDown {
 		lp := c.lp
@@ -315,6 +324,10 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 	if n == len(c.lp.scratch) {
 		// Bulk: splice from now on. Without a pipe (descriptor limit) the buffer carries on.
 		h.pipe, _ = pipePool.Get().(*relayPipe)
+		if h.pipe != nil && !c.piped {
+			c.piped = true // the loop's tick gives the pipe back once the direction is quiet
+			c.lp.piped = append(c.lp.piped, c)
+		}
 	} else if c.ready[src]&peerClosed == 0 {
 		// A short read drained the socket: data arriving after it raises a new edge. (After
 		// FIN or RST no edge is due, so then the read goes on until it sees the end.)
@@ -392,6 +405,7 @@ func (c *tcpConn) close() {
 		c.fd[side] = -1
 	}
 	c.forgetSelf()
+	c.lp.timers.disarm(c)
 	for d := range c.dir {
 		h := &c.dir[d]
 		if h.pipe != nil {
@@ -418,4 +432,48 @@ func (c *tcpConn) close() {
 	c.bnd.svc.stats.active.Add(-1)
 	c.lp.dropConn(c)
 	c.b.connWG.Done()
+}
+
+// armIdle sets c's deadline to the moment it will have been quiet for its service's idle
+// timeout, if it has one.
+func (c *tcpConn) armIdle() {
+	if idle := c.bnd.svc.cfg.IdleTimeout; idle > 0 {
+		c.lp.timers.arm(c, c.lastActive+int64(idle))
+	} else {
+		c.lp.timers.disarm(c)
+	}
+}
+
+// expired is called when c's deadline has come: a dial that has not connected in time gives way
+// to the next destination, a connection quiet for its idle timeout closes, and one active since
+// its deadline was set waits for the new one.
+func (c *tcpConn) expired(now int64) {
+	switch idle := c.bnd.svc.cfg.IdleTimeout; {
+	case c.dialing:
+		if c.dialDeadline > 0 && now >= c.dialDeadline {
+			c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
+		} else {
+			c.lp.timers.arm(c, c.dialDeadline)
+		}
+	case idle > 0 && now-c.lastActive >= int64(idle):
+		c.idled = true
+		c.close()
+	default:
+		c.armIdle()
+	}
+}
+
+// givePipesBack returns the pipes of c's directions that have been quiet for a tick, so that an
+// idle connection holds none; it reports whether c still holds one.
+func (c *tcpConn) givePipesBack(now int64) bool {
+	held := false
+	for d := range c.dir {
+		h := &c.dir[d]
+		if h.pipe != nil && h.inPipe == 0 && now-h.last >= int64(loopTick) {
+			pipePool.Put(h.pipe)
+			h.pipe = nil
+		}
+		held = held || h.pipe != nil
+	}
+	return held
 }
