@@ -276,6 +276,17 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// eventually polls cond every few milliseconds until it holds, and reports false if it does not
+// within d: the caller fails the test saying what it last saw.
+func eventually(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return cond()
+		}
+	}
+	return true
+}
+
 // waitFor polls cond until it holds, failing the test after five seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -401,4 +412,14 @@ func dialUDP(t *testing.T, addr string) *net.UDPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.UDPConn)
+}
+
+// onLoops runs f on the goroutine of each of bal's loops in turn, where it may read what the
+// loop owns, and returns when it has run on all of them.
+func onLoops(bal *Balancer, f func(lp *loop)) {
+	for _, lp := range bal.loops {
+		done := make(chan struct{})
+		lp.post(func() { f(lp); close(done) })
+		<-done
+	}
 }

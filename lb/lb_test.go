@@ -115,7 +115,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Run(fmt.Sprintf("reset_on_close=%v", resetOnClose), func(t *testing.T) {
 			be := startBackend(t, "a")
 			vs := testService(t, "idle", be.addr())
-			vs.IdleTimeout = 300 * time.Millisecond
+			vs.IdleTimeout = 400 * time.Millisecond
 			vs.ResetOnClose = resetOnClose
 			startBalancer(t, testConfig(vs))
 
@@ -125,15 +125,23 @@ func TestIdleTimeout(t *testing.T) {
 			}
 			defer c.Close()
 			r := bufio.NewReader(c)
-			// Traffic keeps it open past the timeout...
-			for range 4 {
-				time.Sleep(150 * time.Millisecond)
-				fmt.Fprint(c, "ping\n")
-			}
 			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
 			if greeting, err := r.ReadString('\n'); err != nil || greeting != "a\n" {
 				t.Fatalf("greeting %q, %v", greeting, err)
 			}
+			// Traffic keeps it open past the timeout... The pauses are the behaviour under
+			// test: twice the idle timeout goes by, a quarter of it at a time (leaving room for
+			// a pause that oversleeps on a loaded machine), on the loops' clock, which is the
+			// wall clock. Each echo read to a deadline shows the connection still open.
+			for i := range 8 {
+				time.Sleep(100 * time.Millisecond)
+				fmt.Fprint(c, "ping\n")
+				_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				if echo, err := r.ReadString('\n'); err != nil || echo != "ping\n" {
+					t.Fatalf("ping %d, %v into a connection kept busy: %q, %v", i, time.Duration(i+1)*100*time.Millisecond, echo, err)
+				}
+			}
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
 			// ...and silence closes it.
 			start := time.Now()
 			_, err = io.ReadAll(r)
@@ -148,7 +156,7 @@ func TestIdleTimeout(t *testing.T) {
 				t.Fatalf("graceful idle close ended with %v", err)
 			}
 			if waited > 2*time.Second {
-				t.Fatalf("closed after %v, want about 300ms of silence", waited)
+				t.Fatalf("closed after %v, want about 400ms of silence", waited)
 			}
 		})
 	}
@@ -272,7 +280,7 @@ func TestUnavailableRedirect(t *testing.T) {
 func TestIdleConnectionsHoldNoPipes(t *testing.T) {
 	be := startBackend(t, "a")
 	vs := testService(t, "idle", be.addr())
-	startBalancer(t, testConfig(vs))
+	bal, _ := startBalancer(t, testConfig(vs))
 	before := countPipes(t)
 	const conns = 40
 	bulk := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB: splice territory
@@ -293,15 +301,32 @@ func TestIdleConnectionsHoldNoPipes(t *testing.T) {
 			t.Fatalf("connection %d: bulk echo corrupted or short: %v", i, err)
 		}
 	}
-	// A direction gives its pipe back once it has been quiet for a tick. Pipes resting in the
-	// pool are not held by connections: two collections empty the pool and its cleanups close
-	// them.
-	time.Sleep(2 * loopTick)
-	for range 3 {
-		runtime.GC()
-		time.Sleep(50 * time.Millisecond)
+	// A direction gives its pipe back once it has been quiet for a tick: no connection on any
+	// loop holds one...
+	holding := 0
+	if !eventually(5*time.Second, func() bool {
+		holding = 0
+		onLoops(bal, func(lp *loop) {
+			for _, c := range lp.conns {
+				for d := range c.dir {
+					if c.dir[d].pipe != nil {
+						holding++
+					}
+				}
+			}
+		})
+		return holding == 0
+	}) {
+		t.Fatalf("%d idle connections hold %d pipes 5s after their last byte", conns, holding)
 	}
-	if held := countPipes(t) - before; held >= conns/4 {
+	// ...and the process holds no more pipes than before, but for some resting in the pool:
+	// collections empty the pool and its cleanups close them, at a time of their own.
+	held := 0
+	if !eventually(5*time.Second, func() bool {
+		runtime.GC()
+		held = countPipes(t) - before
+		return held < conns/4
+	}) {
 		t.Fatalf("%d idle connections hold %d pipes", conns, held)
 	}
 }
@@ -376,6 +401,9 @@ func TestQuietConnectionsHoldNoGoroutine(t *testing.T) {
 	if grown := runtime.NumGoroutine() - before; grown > 20+2 {
 		t.Fatalf("%d goroutines more for 20 connections; the backend accounts for 20", grown)
 	}
+	// The pause is the behaviour under test, not a wait for something: the connections stay
+	// quiet over a tick of every loop (the loops park with nothing to do, and their sweeps
+	// run). The reads after it wait to a deadline.
 	time.Sleep(300 * time.Millisecond)
 	for i, c := range conns {
 		msg := fmt.Sprintf("register %d\n", i)
@@ -431,7 +459,7 @@ func TestDialLeavesPortChoiceToConnect(t *testing.T) {
 }
 
 // TestBytesCountedWhileOpen: byte counters move while a long connection is still open, not
-// only when it closes (a SIP connection lives for hours).
+// only when it closes (a SIP connection lives for hours), and count what a peer has received.
 func TestBytesCountedWhileOpen(t *testing.T) {
 	be := startBackend(t, "a")
 	vs := testService(t, "sip", be.addr())
@@ -449,16 +477,10 @@ func TestBytesCountedWhileOpen(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, 2+len(msg))); err != nil { // greeting + echo
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		st := bal.Status()[0]
-		if st.BytesIn == 1000 && st.BytesOut == 1002 && st.Active == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("open connection: bytes in %d out %d, active %d; want 1000, 1002 and 1 before it closes", st.BytesIn, st.BytesOut, st.Active)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// Bytes are counted before they are written on, so once the client has read the echo both
+	// directions are counted already: no waiting.
+	if st := bal.Status()[0]; st.BytesIn != 1000 || st.BytesOut != 1002 || st.Active != 1 {
+		t.Fatalf("open connection: bytes in %d out %d, active %d; want 1000, 1002 and 1 before it closes", st.BytesIn, st.BytesOut, st.Active)
 	}
 }
 
@@ -524,7 +546,7 @@ func TestKeepaliveFollowsService(t *testing.T) {
 func TestBackpressureKeepsEveryByte(t *testing.T) {
 	be := startBackend(t, "a")
 	vs := testService(t, "bulk", be.addr())
-	startBalancer(t, testConfig(vs))
+	bal, _ := startBalancer(t, testConfig(vs))
 	var wg sync.WaitGroup
 	for i := range 4 {
 		wg.Add(1)
@@ -560,7 +582,21 @@ func TestBackpressureKeepsEveryByte(t *testing.T) {
 				}
 				_ = c.(*net.TCPConn).CloseWrite()
 			}()
-			time.Sleep(200 * time.Millisecond) // let the writes stall on the way back
+			// Read nothing until the balancer holds bytes for this client that its socket would
+			// not take: the writes have stalled on the way back.
+			client := addrPort(c.LocalAddr())
+			if !eventually(10*time.Second, func() bool {
+				stalled := false
+				onLoops(bal, func(lp *loop) {
+					for _, conn := range lp.conns {
+						stalled = stalled || conn.plan.client == client && conn.dir[sideServer].pending()
+					}
+				})
+				return stalled
+			}) {
+				t.Errorf("connection %d: the balancer's writes to a client that reads nothing never stalled", i)
+				return
+			}
 			got := sha256.New()
 			buf := make([]byte, 4096)
 			total := 0
@@ -569,7 +605,7 @@ func TestBackpressureKeepsEveryByte(t *testing.T) {
 				got.Write(buf[:n])
 				total += n
 				if total < 1<<20 && n > 0 {
-					time.Sleep(time.Millisecond) // slow at first
+					time.Sleep(time.Millisecond) // slow at first: the scenario, not a wait
 				}
 				if err == io.EOF {
 					break
