@@ -7,6 +7,10 @@
 //
 // # Where things are
 //
+// Each type sits in one file with all its methods. The Balancer's are in balancer.go and
+// apply.go, but for the status (status.go), the loop guard (loopguard.go) and the health
+// evidence (server.go), each beside what it is about.
+//
 //	balancer.go    Balancer: New, Run, shutdown, housekeeping, the run-time setters
 //	apply.go       Apply: listener keys and bindings, opening, adopting and switching listeners
 //	loop.go        loop: the event loops, their tasks and ticks

@@ -784,3 +784,39 @@ func TestSeveralLoops(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPRelayAllocatesNothing: a message through an open connection costs no allocation: the
+// loop reads it into its own buffer and writes it on at once. It is measured over the whole
+// process (the client and the echo server allocate nothing per message either), so a relay that
+// allocated would show.
+func TestTCPRelayAllocatesNothing(t *testing.T) {
+	be := startBackend(t, "a")
+	vs := testService(t, "sip", be.addr())
+	startBalancer(t, testConfig(vs))
+	c, err := net.Dial("tcp", vipAddr(vs, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 2)); err != nil { // the greeting
+		t.Fatal(err)
+	}
+	msg := []byte("REGISTER sip:pool.example.test SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+	echo := make([]byte, len(msg))
+	var failed error
+	allocs := testing.AllocsPerRun(1000, func() {
+		if _, err := c.Write(msg); err != nil && failed == nil {
+			failed = err
+		}
+		if _, err := io.ReadFull(c, echo); err != nil && failed == nil {
+			failed = err
+		}
+	})
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	if allocs != 0 {
+		t.Errorf("%.0f allocations per message relayed both ways", allocs)
+	}
+}
