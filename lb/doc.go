@@ -16,7 +16,7 @@
 //	loop.go        loop: the event loops, their tasks and ticks
 //	tcplisten.go   tcpListener: a listening socket every loop watches; admitting a connection
 //	tcpconn.go     tcpConn: one proxied connection, dialling and relaying
-//	tcptimers.go   connTimers: the dial and idle deadlines of a loop's connections
+//	tcptimers.go   connTimers: a loop's connections by dial and idle deadline
 //	udplisten.go   udpListener: a VIP's datagram socket and its session table
 //	udpsession.go  udpSession: one UDP client and its socket towards a server
 //	redirect.go    redirectListener (the port-80 redirector) and the unavailable_redirect answer

@@ -307,13 +307,13 @@ func TestIdleConnectionsHoldNoPipes(t *testing.T) {
 	if !eventually(5*time.Second, func() bool {
 		holding = 0
 		onLoops(bal, func(lp *loop) {
-			for _, c := range lp.conns {
+			lp.timers.eachConn(func(c *tcpConn) {
 				for d := range c.dir {
 					if c.dir[d].pipe != nil {
 						holding++
 					}
 				}
-			}
+			})
 		})
 		return holding == 0
 	}) {
@@ -507,15 +507,15 @@ func TestKeepaliveFollowsService(t *testing.T) {
 		for _, lp := range bal.loops {
 			lp.post(func() {
 				var r [2][2]int
-				for _, conn := range lp.conns {
+				lp.timers.eachConn(func(conn *tcpConn) {
 					if conn.plan.client != client {
-						continue // an earlier connection, not yet seen closing
+						return // an earlier connection, not yet seen closing
 					}
 					for side, fd := range conn.fd {
 						r[side][0], _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
 						r[side][1], _ = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
 					}
-				}
+				})
 				got <- r
 			})
 		}
@@ -588,9 +588,9 @@ func TestBackpressureKeepsEveryByte(t *testing.T) {
 			if !eventually(10*time.Second, func() bool {
 				stalled := false
 				onLoops(bal, func(lp *loop) {
-					for _, conn := range lp.conns {
+					lp.timers.eachConn(func(conn *tcpConn) {
 						stalled = stalled || conn.plan.client == client && conn.dir[sideServer].pending()
-					}
+					})
 				})
 				return stalled
 			}) {

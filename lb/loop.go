@@ -60,8 +60,7 @@ type loop struct {
 	// Only the loop's goroutine touches the fields below, up to mu.
 	fds     []fdEntry
 	gen     int32
-	conns   []*tcpConn // open connections, for the drain deadline
-	timers  connTimers // the connections' dial and idle deadlines (tcptimers.go)
+	timers  connTimers // the open connections, by dial or idle deadline (tcptimers.go)
 	piped   []*tcpConn // connections that have taken a pipe, to give it back once quiet
 	swept   uint64     // connections the sweep has looked at: its work, for the tests
 	again   []*tcpConn // connections that stopped early for fairness, to continue next round
@@ -278,13 +277,6 @@ func (lp *loop) continueLater(c *tcpConn) {
 	}
 }
 
-func (lp *loop) dropConn(c *tcpConn) {
-	last := lp.conns[len(lp.conns)-1]
-	lp.conns[c.idx], last.idx = last, c.idx
-	lp.conns[len(lp.conns)-1] = nil
-	lp.conns = lp.conns[:len(lp.conns)-1]
-}
-
 // sweepConns ends dials that have timed out and connections idle for their service's idle
 // timeout, and takes the pipes back from directions that have gone quiet. It looks only at the
 // connections whose deadline has come (connTimers) and at those holding a pipe, never at every
@@ -306,9 +298,7 @@ func (lp *loop) sweepConns(now int64) {
 
 // closeConns closes every open connection: the drain deadline has passed.
 func (lp *loop) closeConns() {
-	for len(lp.conns) > 0 {
-		lp.conns[len(lp.conns)-1].close()
-	}
+	lp.timers.eachConn(func(c *tcpConn) { c.close() })
 }
 
 // udpState returns the loop's UDP state, made with the loop's first UDP listener.

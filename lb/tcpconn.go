@@ -23,27 +23,29 @@ type tcpConn struct {
 
 	fd    [2]int // by side; -1 when not open
 	ready [2]uint8
-	dir   [2]direction // [sideClient]: client to server, [sideServer]: server to client
+	// hop is the loop guard's (loopguard.go): the connection's hop number.
+	hop uint16
+	// timerSlot is the connection's list on its loop's timer wheel (tcptimers.go).
+	timerSlot int32
+	dir       [2]direction // [sideClient]: client to server, [sideServer]: server to client
 
 	dialTo                         netip.AddrPort
 	dialing, closed, idled, queued bool
-	reset                          bool  // close with RST
-	piped                          bool  // in lp.piped: a direction has held a pipe
-	lastActive, dialDeadline       int64 // unix ns
-	idx                            int   // in lp.conns
-	stopDown                       func() bool
+	reset                          bool // close with RST
+	piped                          bool // in lp.piped: a direction has held a pipe
+	listed                         bool // on the timer wheel: from newTCPConn to close
+	// note is the loop guard's: whether the socket towards the server is to be noted whatever
+	// its destination.
+	note       bool
+	lastActive int64 // unix ns
+	stopDown   func() bool
 
-	// The connection's place on its loop's timer wheel (tcptimers.go): its deadline (unix ns,
-	// 0 for none), its slot, and its neighbours there.
+	// The timer wheel's: the connection's deadline (unix ns, 0 for none), its neighbours on its
+	// list.
 	timerAt      int64
-	timerSlot    int32
 	tprev, tnext *tcpConn
 
-	// The loop guard (loopguard.go): the connection's hop number, whether its socket towards
-	// the server is to be noted whatever its destination, and that socket's local address
-	// once noted.
-	hop  uint16
-	note bool
+	// The loop guard's: the local address of the socket towards the server, once noted.
 	self netip.AddrPort
 }
 
@@ -91,11 +93,11 @@ func newTCPConn(lp *loop, b *Balancer, bnd *binding, fd int, client netip.AddrPo
 	svc, st := bnd.svc, bnd.svc.stats
 	b.connWG.Add(1) // before shutdown's Wait: shutdown waits for the loops to stop accepting
 	st.active.Add(1)
-	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, idx: len(lp.conns), hop: hop, note: note}
+	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, hop: hop, note: note}
 	c.plan = dialPlan{b: b, bnd: bnd, client: client}
 	c.dir[sideClient].total, c.dir[sideServer].total = &st.bytesIn, &st.bytesOut
 	c.ready[sideClient] = canWrite
-	lp.conns = append(lp.conns, c)
+	lp.timers.arm(c, 0) // the loop's table of its connections
 	if err := lp.add(fd, connEvents, c, sideClient); err != nil {
 		st.drop(DropLocalError, 1)
 		if n, ok := st.logs.allow(logConnDropped, lp.now); ok {
@@ -125,11 +127,11 @@ func (c *tcpConn) dialNext() {
 			if err = c.lp.add(fd, connEvents, c, sideServer); err == nil {
 				c.fd[sideServer], c.dialTo, c.dialing = fd, to, true
 				c.ready[sideServer] = 0
-				c.dialDeadline = 0
+				var deadline int64
 				if d := c.bnd.global.DialTimeout; d > 0 {
-					c.dialDeadline = c.lp.now + int64(d)
+					deadline = c.lp.now + int64(d)
 				}
-				c.lp.timers.arm(c, c.dialDeadline)
+				c.lp.timers.arm(c, deadline)
 				return
 			}
 			sysClose(fd)
@@ -405,7 +407,7 @@ func (c *tcpConn) close() {
 		c.fd[side] = -1
 	}
 	c.forgetSelf()
-	c.lp.timers.disarm(c)
+	c.lp.timers.remove(c)
 	for d := range c.dir {
 		h := &c.dir[d]
 		if h.pipe != nil {
@@ -430,7 +432,6 @@ func (c *tcpConn) close() {
 		c.real.release(c.b.log, c.bnd.svc.cfg.Name)
 	}
 	c.bnd.svc.stats.active.Add(-1)
-	c.lp.dropConn(c)
 	c.b.connWG.Done()
 }
 
@@ -440,7 +441,7 @@ func (c *tcpConn) armIdle() {
 	if idle := c.bnd.svc.cfg.IdleTimeout; idle > 0 {
 		c.lp.timers.arm(c, c.lastActive+int64(idle))
 	} else {
-		c.lp.timers.disarm(c)
+		c.lp.timers.arm(c, 0)
 	}
 }
 
@@ -449,12 +450,8 @@ func (c *tcpConn) armIdle() {
 // its deadline was set waits for the new one.
 func (c *tcpConn) expired(now int64) {
 	switch idle := c.bnd.svc.cfg.IdleTimeout; {
-	case c.dialing:
-		if c.dialDeadline > 0 && now >= c.dialDeadline {
-			c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
-		} else {
-			c.lp.timers.arm(c, c.dialDeadline)
-		}
+	case c.dialing: // its dial timeout has passed
+		c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
 	case idle > 0 && now-c.lastActive >= int64(idle):
 		c.idled = true
 		c.close()

@@ -9,25 +9,30 @@ import (
 // TestConnTimers steps the wheel with an injected clock: a connection fires at its deadline
 // and not before, within the tick it falls in; the sweep looks at the connections due and at
 // no other; a deadline beyond a turn of the wheel fires on time, after a visit per turn; a
-// deadline already passed fires at the next sweep, never a turn late; disarmed connections are
-// gone; and a connection armed again by its own firing is not met twice.
+// deadline already passed fires at the next sweep, never a turn late; connections without a
+// deadline or removed are never looked at but by eachConn; and a connection armed again by its
+// own firing is not met twice.
 func TestConnTimers(t *testing.T) {
 	tick := int64(loopTick)
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 	var w connTimers
 	w.next = slotOf(t0)
+	id := map[*tcpConn]int{}
+	conn := func(i int) *tcpConn { c := &tcpConn{}; id[c] = i; return c }
 	conns := make([]*tcpConn, 1000)
 	for i := range conns {
-		conns[i] = &tcpConn{idx: i}
+		conns[i] = conn(i)
 		w.arm(conns[i], t0+int64(time.Hour)) // far away: more than a turn
 	}
-	soon, later, far := &tcpConn{idx: -1}, &tcpConn{idx: -2}, &tcpConn{idx: -3}
+	none := conn(-6)
+	w.arm(none, 0) // no deadline
+	soon, later, far := conn(-1), conn(-2), conn(-3)
 	w.arm(soon, t0+tick+tick/2)
 	w.arm(later, t0+10*tick)
 	w.arm(far, t0+int64(timerSlots+5)*tick) // a turn and five ticks ahead
 
 	var fired []int
-	due := func(c *tcpConn) { fired = append(fired, c.idx) }
+	due := func(c *tcpConn) { fired = append(fired, id[c]) }
 	step := func(now int64) int { fired = fired[:0]; return w.expire(now, due) }
 
 	if v := step(t0 + tick/2); v != 0 || len(fired) != 0 {
@@ -46,26 +51,26 @@ func TestConnTimers(t *testing.T) {
 		t.Fatalf("at later's deadline: visited %d, fired %v; want later and far looked at, later fired", v, fired)
 	}
 	// A connection armed again when it fires, into the slot being walked, is not met again.
-	again := &tcpConn{idx: -4}
+	again := conn(-4)
 	w.arm(again, t0+10*tick)
 	n := 0
 	v := w.expire(t0+10*tick, func(c *tcpConn) { n++; w.arm(c, t0+10*tick+tick/2) })
 	if n != 1 || v != 1 {
 		t.Fatalf("armed again within the walk: fired %d times, visited %d; want 1 and 1", n, v)
 	}
-	w.disarm(again)
+	w.remove(again)
 	// A deadline in a slot already passed fires at the next sweep.
-	late := &tcpConn{idx: -5}
+	late := conn(-5)
 	w.arm(late, t0)
 	if v := step(t0 + 10*tick + tick/2); v != 1 || len(fired) != 1 || fired[0] != -5 {
 		t.Fatalf("a deadline armed after its slot: visited %d, fired %v; want it fired now", v, fired)
 	}
-	// Disarmed connections are never looked at.
+	// Removed connections are never looked at.
 	for _, c := range conns[:500] {
-		w.disarm(c)
+		w.remove(c)
 	}
 	// A turn later, far fires; on the way the 500 far-away connections still armed are looked
-	// at in the one slot they share, by two sweeps, and the 500 disarmed not at all.
+	// at in the one slot they share, by two sweeps, and the 500 removed not at all.
 	total, firedFar := 0, false
 	for now := t0 + 11*tick; now <= t0+int64(timerSlots+5)*tick; now += tick {
 		total += step(now)
@@ -89,6 +94,18 @@ func TestConnTimers(t *testing.T) {
 	// The clock going back (or a sweep after a turn and more) looks at every slot once.
 	if v := step(t0); v != 500 {
 		t.Fatalf("after the clock went back: visited %d, want the 500 armed once", v)
+	}
+	// eachConn meets every connection on the wheel once: the 500 far away, the one without a
+	// deadline, and those that fired, which stay without one.
+	seen := map[int]int{}
+	w.eachConn(func(c *tcpConn) { seen[id[c]]++ })
+	for _, i := range []int{-6, -1, -2, -3, -5, 500, 999} {
+		if seen[i] != 1 {
+			t.Errorf("eachConn met connection %d %d times, want once", i, seen[i])
+		}
+	}
+	if len(seen) != 500+5 || seen[0] != 0 || seen[-4] != 0 {
+		t.Errorf("eachConn met %d connections, want the 505 on the wheel and not the removed", len(seen))
 	}
 }
 
