@@ -54,7 +54,8 @@ type listener interface {
 
 // Apply makes the balancer serve cfg. It opens every new listener first and changes nothing if
 // one cannot be opened; then it switches kept listeners to the new services, starts the new ones
-// and retires the removed ones. Open connections are never closed by Apply.
+// and retires the removed ones. Open connections are never closed by Apply. The first Apply also
+// makes the loops (see the package comment on kernel resources).
 func (b *Balancer) Apply(cfg *config.Config) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
