@@ -169,8 +169,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	d.admin.FirstChecksDone()
-	err := d.lb.Run(ctx)
+	d.lb.Run(ctx)
 	wg.Wait()
+	var err error
 	if d.routes != nil {
 		if cerr := d.routes.Close(); cerr != nil {
 			d.log.Error("removing routing state", "err", cerr)

@@ -3,39 +3,11 @@ package lb
 import (
 	"fmt"
 	"net"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/pairlb/pairlb/config"
 )
-
-// countFDs is the number of descriptors this process holds.
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-// waitFDs waits until the process holds want descriptors again (connections of the test close
-// asynchronously) and fails if it does not within 5 s.
-func waitFDs(t *testing.T, want int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := countFDs(t)
-		if n == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d descriptors open, %d before: the rejected reload leaked %d", n, want, n-want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // asRedirector turns vs into a port-80 redirector on the same address.
 func asRedirector(vs config.VirtualService) config.VirtualService {

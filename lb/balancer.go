@@ -1,9 +1,3 @@
-// Package lb is pairlb's forwarding plane: one listener per virtual-service port (TCP, UDP or
-// an HTTP redirector), real-server pools with schedulers, persistence, access control and sorry
-// servers, and the copying of bytes between clients and real servers.
-//
-// It makes the per-connection decisions and leaves the rest to others: it does not probe servers
-// (cmd/pairlb feeds it health changes), does not touch routing tables and does not parse files.
 package lb
 
 import (
@@ -11,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -34,10 +26,10 @@ type Balancer struct {
 	retiring  map[listenerKey]*udpListener // removed UDP listeners still serving their sessions
 	stopping  bool
 
-	// connWG counts open connections and UDP sessions. tcpAcceptWG counts the TCP listeners
-	// some loop still accepts on, the only code that adds to connWG without a lock: shutdown
-	// waits for them to stop before it waits for connWG. acceptWG counts open UDP listeners and
-	// the redirectors' goroutines.
+	// connWG counts open connections and UDP sessions, tcpAcceptWG the TCP listeners some loop
+	// still accepts on (the only code that adds to connWG without a lock), acceptWG the open UDP
+	// listeners and the redirectors' goroutines. The package comment (doc.go) says in which
+	// order shutdown waits for them, and why.
 	connWG      sync.WaitGroup
 	tcpAcceptWG sync.WaitGroup
 	acceptWG    sync.WaitGroup
@@ -57,62 +49,20 @@ type Balancer struct {
 	// force is cancelled when the drain deadline passes: every open connection closes.
 	force       context.Context
 	forceCancel context.CancelFunc
-	// loops carry the TCP connections and the UDP sessions (loop.go), one per usable CPU; Run
-	// runs them.
+	// loops carry the TCP connections and the UDP sessions (loop.go), one per usable CPU. The
+	// first Apply makes them (makeLoops) and Run runs them; both under mu.
 	loops        []*loop
-	loopErr      error // why the loops could not be made; Apply reports it
+	running      bool // Run has started the loops: a loop made from now on starts at once
 	loopWG       sync.WaitGroup
 	udpListeners int // UDP listeners ever opened, to spread them over the loops; under mu
 
 	evidence     atomic.Pointer[func(service, server, reason string)] // SetEvidenceFunc
-	rcvbufLogged atomic.Bool                                          // udp.go: the receive buffer granted
+	rcvbufLogged atomic.Bool                                          // newUDPListener: the receive buffer granted
 }
 
-// listenerKind separates listeners that may share an address but not a socket type.
-type listenerKind uint8
-
-const (
-	kindTCP listenerKind = iota
-	kindUDP
-	kindRedirect
-)
-
-type listenerKey struct {
-	kind listenerKind
-	addr netip.AddrPort
-}
-
-func (k listenerKey) String() string {
-	switch k.kind {
-	case kindUDP:
-		return k.addr.String() + "/udp"
-	case kindRedirect:
-		return k.addr.String() + "/tcp (redirect)"
-	}
-	return k.addr.String() + "/tcp"
-}
-
-// binding is what a listener serves: a service and one of its ports. A reload stores a new
-// binding; connections keep the one they were accepted with.
-type binding struct {
-	svc      *service
-	port     config.Port
-	accepted *portCounter
-	global   *config.Global
-}
-
-type listener interface {
-	rebind(*binding)
-	// start begins serving; the first binding must be set.
-	start()
-	// retire stops taking new connections; open ones continue.
-	retire()
-	// abort closes everything at once.
-	abort()
-}
-
-// New returns a Balancer with no listeners. Call Apply to give it a configuration and Run to
-// own its lifetime.
+// New returns a Balancer with no listeners. It holds no descriptor until Apply: a Balancer
+// that is never applied needs nothing released. Call Apply to give it a configuration and Run
+// to own its lifetime; once Apply has succeeded, only Run releases what it opened.
 func New(log *slog.Logger) *Balancer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -126,238 +76,22 @@ func New(log *slog.Logger) *Balancer {
 		force:       force,
 		forceCancel: cancel,
 	}
-	// One loop per CPU the process may use: a proxy pinned to one core gets one loop and no
-	// locks contended; Go's own GOMAXPROCS follows the same CPU affinity.
-	for range runtime.GOMAXPROCS(0) {
-		lp, err := newLoop()
-		if err != nil {
-			b.loopErr = err
-			break
-		}
-		lp.onTick(lp.sweepConns)
-		b.loops = append(b.loops, lp)
-	}
 	return b
 }
 
 // ErrStopping is returned by Apply once the balancer has begun to stop.
 var ErrStopping = errors.New("balancer is stopping")
 
-// Apply makes the balancer serve cfg. It opens every new listener first and changes nothing if
-// one cannot be opened; then it switches kept listeners to the new services, starts the new ones
-// and retires the removed ones. Open connections are never closed by Apply.
-func (b *Balancer) Apply(cfg *config.Config) error {
+// Run owns the balancer's lifetime: it runs the loops, does the periodic housekeeping and, when
+// ctx ends, stops gracefully (see shutdown) with the configured drain timeout. It returns when
+// every goroutine the balancer started has ended and every descriptor it opened is closed,
+// also when ctx has ended before Run was called. Work that Apply left for the loops before Run
+// (listeners to watch, connections queued in their backlog) waits for it.
+func (b *Balancer) Run(ctx context.Context) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.stopping {
-		return ErrStopping
-	}
-	if b.loopErr != nil {
-		return fmt.Errorf("the balancer cannot carry TCP or UDP: %w", b.loopErr)
-	}
-
-	services := make(map[string]*service, len(cfg.VirtualServices))
-	want := map[listenerKey]*binding{}
-	for _, vs := range cfg.VirtualServices {
-		svc := newService(vs, &cfg.Global, b.services[vs.Name])
-		services[vs.Name] = svc
-		for _, p := range vs.Ports {
-			k := listenerKey{kind: kindTCP, addr: netip.AddrPortFrom(vs.VIP, p.Listen)}
-			switch {
-			case vs.Redirect != "":
-				k.kind = kindRedirect
-			case p.Proto == config.UDP:
-				k.kind = kindUDP
-			}
-			want[k] = &binding{svc: svc, port: p, accepted: svc.stats.port(p), global: &cfg.Global}
-		}
-	}
-
-	// Open every new socket before changing anything, so that a failure leaves the running
-	// configuration as it was: every socket, listener and session. A removed UDP listener still
-	// draining its sessions is taken back instead of opening a second socket on its address. A
-	// listener that changes kind on the same address (TCP to redirector or back) gets a
-	// duplicate of the running listener's socket rather than a socket of its own: nothing is
-	// closed before the switch, and the connections queued in the backlog stay queued for the
-	// successor instead of being reset.
-	opened := map[listenerKey]listener{}
-	revived := map[listenerKey]*udpListener{}
-	handedOver := map[listenerKey]bool{} // running listeners whose socket a successor shares
-	for k, bnd := range want {
-		if _, ok := b.listeners[k]; ok {
-			continue
-		}
-		if u, ok := b.retiring[k]; ok && u.revive() {
-			revived[k] = u
-			continue
-		}
-		var l listener
-		var err error
-		if pk, prev := b.predecessor(k, want); prev != nil {
-			l, err = b.adopt(k, prev)
-			handedOver[pk] = true
-		} else {
-			l, err = b.open(k, bnd)
-		}
-		if err != nil {
-			// Only what this reload opened is closed: a duplicated socket's original stays
-			// with the running listener.
-			for _, o := range opened {
-				o.abort()
-			}
-			for _, u := range revived {
-				u.retire()
-			}
-			return fmt.Errorf("opening listener %s for %s: %w", k, bnd.svc.cfg.Name, err)
-		}
-		opened[k] = l
-	}
-
-	for _, svc := range services {
-		svc.commit()
-	}
-	removeServers(b.services, services)
-	for k, l := range b.listeners {
-		if bnd, ok := want[k]; ok {
-			l.rebind(bnd)
-			continue
-		}
-		if handedOver[k] {
-			b.log.Info("listener changes kind", "listener", k.String())
-			if t, ok := l.(*tcpListener); ok {
-				t.handOver()
-			}
-		} else {
-			b.log.Info("listener removed", "listener", k.String())
-		}
-		l.retire()
-		if u, ok := l.(*udpListener); ok {
-			b.retiring[k] = u
-		}
-		delete(b.listeners, k)
-	}
-	for k, u := range revived {
-		u.rebind(want[k])
-		delete(b.retiring, k)
-		b.listeners[k] = u
-	}
-	for k, l := range opened {
-		l.rebind(want[k])
-		l.start()
-		b.listeners[k] = l
-		b.log.Info("listener open", "listener", k.String(), "virtual_service", want[k].svc.cfg.Name)
-	}
-	for k, u := range b.retiring {
-		if u.isClosed() {
-			delete(b.retiring, k)
-		}
-	}
-	b.setOwn(b.listeners)
-	b.cfg = cfg
-	b.services = services
-	return nil
-}
-
-// removeServers marks the real servers of the running services that none of the new ones
-// keeps (a server taken out of a pool, a service removed or renamed) as gone from their pool.
-func removeServers(running, next map[string]*service) {
-	kept := map[*realServer]bool{}
-	for _, s := range next {
-		for _, r := range s.servers {
-			kept[r] = true
-		}
-	}
-	for _, s := range running {
-		for _, r := range s.servers {
-			if !kept[r] {
-				r.removeFromPool()
-			}
-		}
-	}
-}
-
-// sameSocket reports whether two listener kinds would compete for one port: TCP and the HTTP
-// redirector both need a TCP socket.
-func sameSocket(a, b listenerKey) bool {
-	tcpish := func(k listenerKind) bool { return k == kindTCP || k == kindRedirect }
-	return tcpish(a.kind) && tcpish(b.kind)
-}
-
-// predecessor returns the running listener whose socket the new listener k must take over: one
-// of the other TCP kind on the same address that the new configuration no longer wants.
-func (b *Balancer) predecessor(k listenerKey, want map[listenerKey]*binding) (listenerKey, listener) {
-	for pk, l := range b.listeners {
-		if pk != k && pk.addr == k.addr && sameSocket(pk, k) && want[pk] == nil {
-			return pk, l
-		}
-	}
-	return listenerKey{}, nil
-}
-
-func (b *Balancer) open(k listenerKey, bnd *binding) (listener, error) {
-	switch k.kind {
-	case kindUDP:
-		fd, err := listenUDP(k.addr)
-		if err != nil {
-			return nil, err
-		}
-		// A listener and its sessions share a loop; listeners take the loops in turn.
-		lp := b.loops[b.udpListeners%len(b.loops)]
-		b.udpListeners++
-		return newUDPListener(b, k, lp, fd), nil
-	default:
-		fd, err := listenTCP(k.addr)
-		if err != nil {
-			return nil, err
-		}
-		return b.tcpKind(k, fd, false)
-	}
-}
-
-// adopt makes listener k on a duplicate of prev's listening socket.
-func (b *Balancer) adopt(k listenerKey, prev listener) (listener, error) {
-	var fd int
-	var err error
-	switch p := prev.(type) {
-	case *tcpListener:
-		fd, err = p.dup()
-	case *redirectListener:
-		fd, err = p.dup()
-	default:
-		return nil, fmt.Errorf("listener %s: no socket to take over", k)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("taking over the listening socket of %s: %w", k, err)
-	}
-	return b.tcpKind(k, fd, true)
-}
-
-// tcpKind makes a listener of kind k on listening socket fd, which it then owns.
-func (b *Balancer) tcpKind(k listenerKey, fd int, adopted bool) (listener, error) {
-	if k.kind != kindRedirect {
-		return &tcpListener{b: b, key: k, fd: fd}, nil
-	}
-	// The same socket as a forwarding listener's, served by net/http.
-	f := os.NewFile(uintptr(fd), k.String())
-	ln, err := net.FileListener(f) // a duplicate of fd
-	f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("listener %s: %w", k, err)
-	}
-	return newRedirectListener(b, k, ln, adopted), nil
-}
-
-// Run owns the balancer's lifetime: it does the periodic housekeeping and, when ctx ends, stops
-// gracefully (see shutdown) with the configured drain timeout. It returns when every goroutine
-// the balancer started has ended.
-func (b *Balancer) Run(ctx context.Context) error {
-	for _, lp := range b.loops {
-		b.loopWG.Add(1)
-		go func() {
-			defer b.loopWG.Done()
-			lp.run()
-		}()
-	}
+	b.running = true
+	b.runLoops(b.loops)
+	b.mu.Unlock()
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	for {
@@ -370,7 +104,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 			}
 			b.mu.Unlock()
 			b.shutdown(drain)
-			return nil
+			return
 		case now := <-tick.C:
 			b.housekeeping(now)
 		}
@@ -429,6 +163,54 @@ func (b *Balancer) shutdown(drain time.Duration) {
 		lp.close()
 	}
 	b.log.Info("balancer stopped")
+}
+
+// makeLoops makes the loops if they do not exist yet, one per CPU the process may use: a proxy
+// pinned to one core gets one loop and no locks contended; Go's own GOMAXPROCS follows the same
+// CPU affinity. It reports whether it made them now; on an error it keeps none. The caller
+// holds mu.
+func (b *Balancer) makeLoops() (made bool, err error) {
+	if b.loops != nil {
+		return false, nil
+	}
+	loops := make([]*loop, 0, runtime.GOMAXPROCS(0))
+	for range cap(loops) {
+		lp, err := newLoop()
+		if err != nil {
+			for _, lp := range loops {
+				lp.close()
+			}
+			return false, err
+		}
+		lp.onTick(lp.sweepConns)
+		loops = append(loops, lp)
+	}
+	b.loops = loops
+	if b.running {
+		b.runLoops(loops)
+	}
+	return true, nil
+}
+
+// unmakeLoops closes the loops of a first Apply that failed, before Run: nothing else holds
+// them, and a Balancer that is never run must not keep them. The caller holds mu.
+func (b *Balancer) unmakeLoops() {
+	for _, lp := range b.loops {
+		lp.stop() // what the aborted listeners posted is dropped with it
+		lp.close()
+	}
+	b.loops = nil
+}
+
+// runLoops starts a goroutine for each of loops; shutdown waits for them. The caller holds mu.
+func (b *Balancer) runLoops(loops []*loop) {
+	for _, lp := range loops {
+		b.loopWG.Add(1)
+		go func() {
+			defer b.loopWG.Done()
+			lp.run()
+		}()
+	}
 }
 
 // Config returns the configuration being served, or nil before the first Apply.
@@ -501,4 +283,24 @@ func (b *Balancer) SetServerHealth(vs, server string, up bool) error {
 	}
 	r.setUp(up)
 	return nil
+}
+
+// housekeeping is the balancer's periodic work on its services: expiring persistence entries,
+// and the counts of log lines held back by a burst that has ended.
+// It holds the balancer's lock only to list the services, so that a large table's sweep never
+// delays a reload or a status request.
+func (b *Balancer) housekeeping(now time.Time) {
+	b.mu.Lock()
+	services := make([]*service, 0, len(b.services))
+	for _, s := range b.services {
+		services = append(services, s)
+	}
+	b.mu.Unlock()
+	for _, s := range services {
+		s.stats.logs.flush(b.log, now.UnixNano(), "virtual_service", s.cfg.Name)
+		// In chunks, each under the table's lock for a moment only: the work is the entries
+		// that expired, each of which an insertion paid for, never a walk of the live ones.
+		for s.persist != nil && s.persist.sweep(now) == sweepBudget {
+		}
+	}
 }

@@ -2,12 +2,10 @@ package lb
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"time"
 
-	"github.com/pairlb/pairlb/config"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,9 +44,9 @@ func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
 		return netip.AddrPort{}, netip.AddrPort{}, false
 	}
 	if len(p.tried) > 0 || svc.cfg.HasSorryServer() {
-		svc.stats.drop(DropDialFailed)
+		svc.stats.drop(DropDialFailed, 1)
 	} else {
-		svc.stats.drop(DropNoServer)
+		svc.stats.drop(DropNoServer, 1)
 	}
 	return netip.AddrPort{}, netip.AddrPort{}, false
 }
@@ -115,75 +113,4 @@ func connectUDP(b *Balancer, bnd *binding, client netip.AddrPort, quiet bool) (f
 		}
 		p.failed(to, err)
 	}
-}
-
-// prepareUDP sets the options of a session's socket: the kernel tells, with each datagram, how
-// many it dropped for a full receive queue (SO_RXQ_OVFL), which the session counts.
-func prepareUDP(fd int) unix.Errno {
-	return sysSetsockopt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
-}
-
-// dialSocket opens a non-blocking socket of type sotype and connects it to "to" (for a stream
-// socket, starts connecting) from local (if valid), for a transparent service from the
-// client's own address. prepare, if set, sets the options of the socket type before connect.
-func dialSocket(sotype int, local, to netip.AddrPort, transparent bool, prepare func(fd int) unix.Errno) (int, error) {
-	fam := family(to.Addr())
-	fd, errno := sysSocket(fam, sotype)
-	if errno != 0 {
-		return -1, fmt.Errorf("socket: %w", errno)
-	}
-	fail := func(what string, errno unix.Errno) (int, error) {
-		sysClose(fd)
-		return -1, fmt.Errorf("%s: %w", what, errno)
-	}
-	if prepare != nil {
-		if errno := prepare(fd); errno != 0 {
-			return fail("setsockopt", errno)
-		}
-	}
-	if transparent {
-		lvl, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-		if fam == unix.AF_INET6 {
-			lvl, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
-		}
-		if errno := sysSetsockopt(fd, lvl, opt, 1); errno != 0 {
-			return fail("setsockopt IP_TRANSPARENT", errno)
-		}
-	}
-	if local.IsValid() {
-		// The port is chosen at connect, per destination, not at bind, where it would have to
-		// be unique for the whole box and cap the balancer at one ephemeral range in all.
-		if errno := sysSetsockopt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); errno != 0 {
-			return fail("setsockopt IP_BIND_ADDRESS_NO_PORT", errno)
-		}
-		if errno := sysBind(fd, local); errno != 0 {
-			return fail("bind "+local.String(), errno)
-		}
-	}
-	if errno := sysConnect(fd, to); errno != 0 && errno != unix.EINPROGRESS {
-		return fail("connect "+to.String(), errno)
-	}
-	return fd, nil
-}
-
-// localAddr is the source address of a connection to a real server: the client's own for a
-// transparent service, the next of the Alternate Source Addresses if the file lists some, and
-// otherwise none, so the kernel uses the box's address on the path to the server.
-func (s *service) localAddr(client netip.AddrPort) netip.AddrPort {
-	switch {
-	case s.cfg.Transparent:
-		return netip.AddrPortFrom(client.Addr().Unmap(), 0)
-	case len(s.cfg.SourceAddresses) > 0:
-		i := s.nextSource.Add(1) % uint32(len(s.cfg.SourceAddresses))
-		return netip.AddrPortFrom(s.cfg.SourceAddresses[i], 0)
-	}
-	return netip.AddrPort{}
-}
-
-// dialAddr is where a connection for the virtual-service port p goes on this server.
-func (r *realServer) dialAddr(p config.Port) netip.AddrPort {
-	if r.port != 0 {
-		return netip.AddrPortFrom(r.addr, r.port)
-	}
-	return netip.AddrPortFrom(r.addr, p.Target)
 }

@@ -66,7 +66,7 @@ func startLoggedBalancer(t *testing.T, cfg *config.Config) (*Balancer, *logCaptu
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = b.Run(ctx)
+		b.Run(ctx)
 	}()
 	t.Cleanup(func() {
 		cancel()

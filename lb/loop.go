@@ -60,13 +60,17 @@ type loop struct {
 	// Only the loop's goroutine touches the fields below, up to mu.
 	fds     []fdEntry
 	gen     int32
-	conns   []*tcpConn // open connections, for timeouts and the drain deadline
 	again   []*tcpConn // connections that stopped early for fairness, to continue next round
 	spare   []*tcpConn // the other of two lists for again, swapped each round
 	now     int64      // unix nanoseconds, read once per round
 	scratch []byte     // read buffer, shared by every connection of the loop
 	tickers []func(now int64)
-	udp     *udpLoop // the UDP listeners' batches, made with the first (udp.go)
+	udp     *udpLoop   // the UDP listeners' batches, made with the first (udplisten.go)
+	piped   []*tcpConn // connections that have taken a pipe, to give it back once quiet
+	swept   uint64     // connections the sweep has looked at: its work, for the tests
+	// timers holds the open connections by dial or idle deadline (tcptimers.go). It is
+	// large (32 KiB): the fields the relay reads every round stay together before it.
+	timers connTimers
 
 	mu      sync.Mutex
 	tasks   []func()
@@ -81,7 +85,7 @@ func newLoop() (*loop, error) {
 	}
 	// Non-blocking, so that os.NewFile puts it in Go's poller.
 	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
+		sysClose(epfd)
 		return nil, fmt.Errorf("making the epoll set non-blocking: %w", err)
 	}
 	epfile := os.NewFile(uintptr(epfd), "epoll")
@@ -98,6 +102,7 @@ func newLoop() (*loop, error) {
 	lp := &loop{epfd: epfd, epfile: epfile, epraw: epraw, wakefd: wakefd, scratch: make([]byte, relayBuffer),
 		events: make([]unix.EpollEvent, 256)}
 	lp.pollFn = lp.poll
+	lp.timers.next = slotOf(time.Now().UnixNano())
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		lp.close()
@@ -263,5 +268,50 @@ func (lp *loop) stop() {
 // close releases the loop's descriptors once run has returned.
 func (lp *loop) close() {
 	lp.epfile.Close()
-	unix.Close(lp.wakefd)
+	sysClose(lp.wakefd)
+}
+
+// continueLater has the loop pump c again next round, after the other connections' events.
+func (lp *loop) continueLater(c *tcpConn) {
+	if !c.queued {
+		c.queued = true
+		lp.again = append(lp.again, c)
+	}
+}
+
+// sweepConns ends dials that have timed out and connections idle for their service's idle
+// timeout, and takes the pipes back from directions that have gone quiet. It looks only at the
+// connections whose deadline has come (connTimers) and at those holding a pipe, never at every
+// connection.
+func (lp *loop) sweepConns(now int64) {
+	lp.swept += uint64(lp.timers.expire(now, func(c *tcpConn) { c.expired(now) }))
+	piped := lp.piped[:0]
+	for _, c := range lp.piped {
+		lp.swept++
+		if !c.closed && c.givePipesBack(now) {
+			piped = append(piped, c)
+		} else {
+			c.piped = false
+		}
+	}
+	clear(lp.piped[len(piped):])
+	lp.piped = piped
+}
+
+// closeConns closes every open connection: the drain deadline has passed.
+func (lp *loop) closeConns() {
+	lp.timers.eachConn(func(c *tcpConn) { c.close() })
+}
+
+// udpState returns the loop's UDP state, made with the loop's first UDP listener.
+func (lp *loop) udpState() *udpLoop {
+	if lp.udp == nil {
+		lp.udp = &udpLoop{
+			in:      newMsgBatch(udpBatch, maxDatagram),
+			out:     newMsgBatch(udpBatch, 0),
+			replies: newMsgBatch(udpBatch, maxDatagram),
+		}
+		lp.onTick(lp.udp.sweep)
+	}
+	return lp.udp
 }

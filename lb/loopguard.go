@@ -241,7 +241,7 @@ func (b *Balancer) noteSelf(fd int, dst netip.AddrPort, hop uint16) netip.AddrPo
 // loopRefused counts and logs (at most every 10 s) a connection or session refused because it
 // comes from the balancer itself.
 func (b *Balancer) loopRefused(svc *service, listener string, client netip.AddrPort) {
-	svc.stats.drop(DropLoop)
+	svc.stats.drop(DropLoop, 1)
 	now := time.Now().UnixNano()
 	if last := b.loopLogged.Load(); now-last >= int64(10*time.Second) && b.loopLogged.CompareAndSwap(last, now) {
 		b.log.Warn("refused a connection from the balancer's own socket: a real server leads back to this box's listeners",

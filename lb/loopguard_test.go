@@ -72,7 +72,7 @@ func loopChild(mode string) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = b.Run(ctx) }()
+	go func() { b.Run(ctx) }()
 
 	// The client may see its connection reset even before Dial returns: the balancer finds
 	// no server left once its own hop is refused.

@@ -32,8 +32,11 @@ type collector struct {
 // on a registry the caller owns. Labels are the virtual service's name, the real server's key,
 // the listening port and fixed enumerations; never a client address.
 //
-// Byte counters of an open TCP connection are brought up to date at least every 30 seconds or
-// every 4 MiB, and in full when it closes.
+// Bytes are counted as they are read from the sender: a TCP connection's with each read
+// (tcpConn.fill), before they are written on, so that a reader never sees bytes reach a peer
+// before they are counted; UDP datagrams with each batch, once it has been handed to sendmmsg (a
+// datagram the kernel refused is counted as dropped, and its bytes stay counted). So the
+// counters of a connection open for hours move all along.
 func NewCollector(b *Balancer) prometheus.Collector {
 	vs := []string{"virtual_service"}
 	rs := []string{"virtual_service", "real_server"}

@@ -16,8 +16,9 @@ import (
 )
 
 // waitGathered polls reg until the named metrics read as want (text exposition format, HELP
-// and TYPE lines included) or five seconds pass: byte counters are added when a connection's
-// copy ends, a moment after the client has seen the end of it.
+// and TYPE lines included) or five seconds pass: a connection leaves the active gauges when it
+// closes, a moment after the client has seen its end, and UDP bytes are counted once their
+// batch has been sent, a moment after the peer may have read it.
 func waitGathered(t *testing.T, reg prometheus.Gatherer, want string, names ...string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)

@@ -98,15 +98,3 @@ func addrKey(a, b *backend, name string) string {
 	}
 	return b.addr().String()
 }
-
-// waitFor polls cond until it holds, failing the test after five seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}

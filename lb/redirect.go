@@ -1,9 +1,11 @@
 package lb
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -128,7 +130,7 @@ func (r *redirectListener) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	st.accepted.Add(1)
 	client, _ := netip.ParseAddrPort(req.RemoteAddr)
 	if !bnd.svc.allowed(client.Addr()) {
-		st.drop(DropAccessDenied)
+		st.drop(DropAccessDenied, 1)
 		http.Error(w, "forbidden", http.StatusForbidden)
 		return
 	}
@@ -253,3 +255,37 @@ func escapeNonASCII(s string) string {
 	}
 	return b.String()
 }
+
+// serveUnavailable answers an HTTP client with a redirect when the service has no server: the
+// appliance's "Not Available Redirection". It reads one request within the redirector's
+// bounds: the header timeout and a budget of bytes and lines.
+func serveUnavailable(c net.Conn, template string) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(httpReadHeaderTimeout))
+	req, err := http.ReadRequest(bufio.NewReader(newBudgetConn(c, nil)))
+	if err != nil {
+		var ne net.Error
+		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !(errors.As(err, &ne) && ne.Timeout()) {
+			_, _ = io.WriteString(c, badRequest)
+		}
+		return
+	}
+	loc, err := expandRedirect(template, req)
+	if err != nil {
+		_, _ = io.WriteString(c, badRequest)
+		return
+	}
+	resp := http.Response{
+		StatusCode: http.StatusFound,
+		ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Location": {loc}, "Connection": {"close"}},
+		Close:  true,
+	}
+	_ = resp.Write(c)
+}
+
+const badRequest = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+// maxUnavailable bounds the clients served an unavailable_redirect at once, each with a
+// goroutine for up to the header timeout; beyond it a client is reset, as without a redirect.
+const maxUnavailable = 1024

@@ -7,7 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The buffers and pipes of TCP connections (tcp.go). A connection takes them only while data
+// The buffers and pipes of TCP connections (tcpconn.go). A connection takes them only while data
 // is waiting to be written and gives them back as soon as it has gone, so an idle connection
 // holds neither: it costs its two sockets and a small struct. (io.Copy between two TCPConns
 // would splice too, but keeps a pipe, two descriptors, for the connection's life.)
@@ -37,7 +37,7 @@ var pipePool = sync.Pool{New: func() any {
 	_, _ = unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
 	p := &relayPipe{r: fds[0], w: fds[1]}
 	// A pipe dropped by the pool is closed when collected.
-	runtime.AddCleanup(p, func(fds [2]int) { unix.Close(fds[0]); unix.Close(fds[1]) }, fds)
+	runtime.AddCleanup(p, func(fds [2]int) { sysClose(fds[0]); sysClose(fds[1]) }, fds)
 	return p
 }}
 

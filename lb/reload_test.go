@@ -3,10 +3,8 @@ package lb
 import (
 	"bufio"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -14,79 +12,8 @@ import (
 	"time"
 
 	"github.com/pairlb/pairlb/config"
+	"golang.org/x/sys/unix"
 )
-
-func readResponse(c net.Conn) (*http.Response, error) {
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp.Body.Close()
-	return resp, nil
-}
-
-// udpEcho is a UDP real server answering every datagram with "NAME:payload".
-type udpEcho struct {
-	conn *net.UDPConn
-	wg   sync.WaitGroup
-}
-
-func startUDPEcho(t *testing.T, name string) *udpEcho {
-	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &udpEcho{conn: c}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort([]byte(name+":"+string(buf[:n])), from)
-		}
-	}()
-	t.Cleanup(func() { c.Close(); e.wg.Wait() })
-	return e
-}
-
-func (e *udpEcho) addr() netip.AddrPort { return addrPort(e.conn.LocalAddr()) }
-
-func udpService(t *testing.T, name string, servers ...netip.AddrPort) config.VirtualService {
-	vs := testService(t, name, servers...)
-	p := freePort(t, "udp")
-	vs.Ports = []config.Port{{Listen: p, Target: p, Proto: config.UDP}}
-	return vs
-}
-
-// udpAsk sends msg on c and returns the reply, or "" after a second of silence.
-func udpAsk(t *testing.T, c *net.UDPConn, msg string) string {
-	t.Helper()
-	if _, err := c.Write([]byte(msg)); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(time.Second))
-	buf := make([]byte, 2048)
-	n, err := c.Read(buf)
-	if err != nil {
-		return ""
-	}
-	return string(buf[:n])
-}
-
-func dialUDP(t *testing.T, addr string) *net.UDPConn {
-	t.Helper()
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c.(*net.UDPConn)
-}
 
 func TestUDPForwardingConcurrentClientsAndExpiry(t *testing.T) {
 	a, b2 := startUDPEcho(t, "a"), startUDPEcho(t, "b")

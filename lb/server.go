@@ -2,10 +2,13 @@ package lb
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pairlb/pairlb/config"
 )
 
 // State is the administrative state of a real server, set from the file or at run time.
@@ -148,4 +151,19 @@ func (b *Balancer) suspect(vs string, r *realServer, reason string, now int64) {
 		return
 	}
 	(*f)(vs, r.key, reason)
+}
+
+// release gives back the active count taken by the dial plan.
+func (r *realServer) release(log *slog.Logger, vs string) {
+	if r.active.Add(-1) == 0 && State(r.state.Load()) == Draining {
+		log.Info("real server drained", "virtual_service", vs, "real_server", r.key)
+	}
+}
+
+// dialAddr is where a connection for the virtual-service port p goes on this server.
+func (r *realServer) dialAddr(p config.Port) netip.AddrPort {
+	if r.port != 0 {
+		return netip.AddrPortFrom(r.addr, r.port)
+	}
+	return netip.AddrPortFrom(r.addr, p.Target)
 }

@@ -2,59 +2,11 @@ package lb
 
 import (
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pairlb/pairlb/config"
 )
-
-// DropReason says why a connection or datagram was not forwarded. The set is fixed so that a
-// metric labelled by it stays bounded.
-type DropReason int
-
-// Reasons for dropping traffic.
-const (
-	DropAccessDenied       DropReason = iota // client not allowed by the service's access lists
-	DropNoServer                             // no real server available and no sorry server
-	DropDialFailed                           // every available server (and the sorry server) failed to connect
-	DropUDPTableFull                         // a new UDP client while the session table is at its bound
-	DropUDPSendFailed                        // the kernel refused to send a datagram
-	DropUDPTooLarge                          // a datagram larger than maxDatagram
-	DropServiceClosed                        // traffic for a service a reload removed
-	DropUDPReceiveOverflow                   // datagrams the kernel dropped on a full receive queue, before pairlb read them
-	DropLocalError                           // the box could not carry it (an epoll set refused the socket: memory)
-	DropLoop                                 // traffic from the balancer's own socket: a real server leads back to it
-	numDropReasons
-)
-
-var dropReasonNames = [numDropReasons]string{
-	"access_denied", "no_server", "dial_failed", "udp_table_full", "udp_send_failed", "udp_too_large", "service_closed",
-	"udp_receive_overflow", "local_error", "loop",
-}
-
-func (r DropReason) String() string { return dropReasonNames[r] }
-
-// serviceStats are the counters of one virtual service. They are kept by service name across
-// reloads so that counters never go backwards while the service exists.
-type serviceStats struct {
-	accepted    atomic.Uint64 // connections accepted and UDP sessions created
-	active      atomic.Int64
-	udpSessions atomic.Int64
-	udpMoves    atomic.Uint64 // UDP sessions moved off a server gone down or disabled, or off the sorry server
-
-	persistEvictions atomic.Uint64 // persistence entries evicted for room, by every table the service had
-	bytesIn          atomic.Uint64 // client to server
-	bytesOut         atomic.Uint64 // server to client
-	dropped          [numDropReasons]atomic.Uint64
-	picks            atomic.Uint64 // leastconn's pick numbers (see leastConn)
-	logs             logLimiter    // the service's per-connection and per-datagram log lines
-
-	mu    sync.Mutex
-	ports map[config.Port]*portCounter
-}
-
-func (s *serviceStats) drop(r DropReason) { s.dropped[r].Add(1) }
 
 // service is the run-time form of one config.VirtualService. A reload builds a new service and
 // listeners switch to it atomically; connections keep the service they started with.
@@ -233,43 +185,16 @@ func (s *service) placement() string {
 // placementHash is the placement of a persistent service with place_by: hash.
 const placementHash = "hash"
 
-// housekeeping is the balancer's periodic work on its services: expiring persistence entries,
-// and the counts of log lines held back by a burst that has ended.
-// It holds the balancer's lock only to list the services, so that a large table's sweep never
-// delays a reload or a status request.
-func (b *Balancer) housekeeping(now time.Time) {
-	b.mu.Lock()
-	services := make([]*service, 0, len(b.services))
-	for _, s := range b.services {
-		services = append(services, s)
+// localAddr is the source address of a connection to a real server: the client's own for a
+// transparent service, the next of the Alternate Source Addresses if the file lists some, and
+// otherwise none, so the kernel uses the box's address on the path to the server.
+func (s *service) localAddr(client netip.AddrPort) netip.AddrPort {
+	switch {
+	case s.cfg.Transparent:
+		return netip.AddrPortFrom(client.Addr().Unmap(), 0)
+	case len(s.cfg.SourceAddresses) > 0:
+		i := s.nextSource.Add(1) % uint32(len(s.cfg.SourceAddresses))
+		return netip.AddrPortFrom(s.cfg.SourceAddresses[i], 0)
 	}
-	b.mu.Unlock()
-	for _, s := range services {
-		s.stats.logs.flush(b.log, now.UnixNano(), "virtual_service", s.cfg.Name)
-		// In chunks, each under the table's lock for a moment only: the work is the entries
-		// that expired, each of which an insertion paid for, never a walk of the live ones.
-		for s.persist != nil && s.persist.sweep(now) == sweepBudget {
-		}
-	}
-}
-
-// portCounter counts the connections accepted on one port of a service.
-type portCounter struct {
-	port     config.Port
-	accepted atomic.Uint64
-}
-
-// port returns the counter of p, creating it on first use. Counters are kept across reloads.
-func (s *serviceStats) port(p config.Port) *portCounter {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ports == nil {
-		s.ports = map[config.Port]*portCounter{}
-	}
-	c := s.ports[p]
-	if c == nil {
-		c = &portCounter{port: p}
-		s.ports[p] = c
-	}
-	return c
+	return netip.AddrPort{}
 }

@@ -36,6 +36,10 @@ func sysSplice(rfd, wfd, n int) (int, unix.Errno) {
 	return int(m), e
 }
 
+// sysClose closes fd. It is the one way the package closes a descriptor it holds raw (resetFD
+// closes through it too); a descriptor handed to an os.File, such as a loop's epoll set, is
+// closed by its File. Linux releases the descriptor even when close reports an error, so there
+// is nothing to retry or report.
 func sysClose(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
 
 func sysShutdownWrite(fd int) { unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0) }
@@ -121,11 +125,4 @@ func netPort(p *uint16) uint16 { return binary.BigEndian.Uint16((*[2]byte)(unsaf
 
 func setNetPort(p *uint16, port uint16) {
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(p))[:], port)
-}
-
-func family(a netip.Addr) int {
-	if a.Unmap().Is4() {
-		return unix.AF_INET
-	}
-	return unix.AF_INET6
 }

@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -34,53 +33,6 @@ type tcpListener struct {
 // acceptBatch bounds the connections one loop accepts per wakeup, so that a flood of new
 // connections does not starve the open ones; the listener stays ready and wakes it again.
 const acceptBatch = 64
-
-// maxBacklog asks for the longest accept queue; the kernel caps it at net.core.somaxconn.
-const maxBacklog = 65535
-
-// listenTCP opens a listening socket on addr, also when the box does not hold addr yet (see
-// bindVIP).
-func listenTCP(addr netip.AddrPort) (int, error) {
-	fd, err := bindVIP(addr, unix.SOCK_STREAM,
-		[3]int{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
-		// Accepted sockets inherit it: Nagle off on both legs (Microsoft asks it for the Edge).
-		[3]int{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1})
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.Listen(fd, maxBacklog); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("listen %s: %w", addr, err)
-	}
-	return fd, nil
-}
-
-// bindVIP opens a non-blocking socket of sotype bound to addr, with the options given and
-// IP_FREEBIND, so that a listener can bind a VIP the box does not hold yet: on the standby of
-// a pair the VIP arrives with keepalived, and the listener must already be there to serve it.
-func bindVIP(addr netip.AddrPort, sotype int, opts ...[3]int) (int, error) {
-	fam := family(addr.Addr())
-	fd, err := unix.Socket(fam, sotype|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("socket: %w", err)
-	}
-	if fam == unix.AF_INET6 {
-		opts = append(opts, [3]int{unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1}, [3]int{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1})
-	} else {
-		opts = append(opts, [3]int{unix.IPPROTO_IP, unix.IP_FREEBIND, 1})
-	}
-	for _, o := range opts {
-		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
-		}
-	}
-	if errno := sysBind(fd, addr); errno != 0 {
-		unix.Close(fd)
-		return -1, fmt.Errorf("bind %s: %w", addr, errno)
-	}
-	return fd, nil
-}
 
 // rebind serves bnd from now on. Accepted sockets inherit the listener's options, so the
 // service's keepalive setting is made here once, not on every connection.
@@ -189,7 +141,7 @@ func (l *tcpListener) dup() (int, error) {
 func (l *tcpListener) closeLocked() {
 	if !l.closed {
 		l.closed = true
-		unix.Close(l.fd)
+		sysClose(l.fd)
 	}
 	if l.started {
 		l.finished.Do(l.b.tcpAcceptWG.Done)
@@ -213,7 +165,7 @@ func (l *tcpListener) acceptSome(lp *loop) bool {
 		fd, client, err := sysAccept(l.fd)
 		switch err {
 		case 0:
-			l.b.acceptTCP(lp, fd, client, l.key.addr, l.cur.Load())
+			l.admit(lp, fd, client)
 		case unix.EINTR, unix.ECONNABORTED:
 		case unix.EAGAIN:
 			return false
@@ -233,3 +185,24 @@ func (l *tcpListener) acceptSome(lp *loop) bool {
 }
 
 const acceptPause = 100 * time.Millisecond
+
+// admit counts a connection accepted from client on lp and refuses it (with a reset) when it
+// is a forwarding loop or the service's access lists deny it; otherwise the connection begins.
+func (l *tcpListener) admit(lp *loop, fd int, client netip.AddrPort) {
+	b, bnd := l.b, l.cur.Load()
+	svc, st := bnd.svc, bnd.svc.stats
+	bnd.accepted.accepted.Add(1)
+	st.accepted.Add(1)
+	hop, note := b.hopTCP(fd, client, l.key.addr)
+	if b.isLoop(hop) {
+		b.loopRefused(svc, bnd.port.String(), client)
+		resetFD(fd)
+		return
+	}
+	if !svc.allowed(client.Addr()) {
+		st.drop(DropAccessDenied, 1)
+		resetFD(fd)
+		return
+	}
+	newTCPConn(lp, b, bnd, fd, client, hop, note)
+}

@@ -33,6 +33,9 @@ func TestUDPSessionsHoldNoGoroutine(t *testing.T) {
 	if grown := runtime.NumGoroutine() - before; grown > 2 {
 		t.Fatalf("%d goroutines more for 30 sessions", grown)
 	}
+	// The pause is the behaviour under test, not a wait for something: the sessions stay quiet
+	// over two ticks of the loop, whose sweeps must keep them (5 s of idle timeout). Each ask
+	// after it waits to a deadline.
 	time.Sleep(2 * loopTick)
 	for i, c := range clients {
 		if got := udpAsk(t, c, "again"); got != "a:again" {

@@ -61,9 +61,6 @@ func runLBHelper() int {
 	if err := os.WriteFile(ready, []byte("ok"), 0o600); err != nil {
 		return 1
 	}
-	if err := b.Run(ctx); err != nil {
-		fmt.Fprintln(logf, "run:", err)
-		return 1
-	}
+	b.Run(ctx)
 	return 0
 }

@@ -1,18 +1,12 @@
 package lb
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,20 +23,29 @@ type tcpConn struct {
 
 	fd    [2]int // by side; -1 when not open
 	ready [2]uint8
-	dir   [2]direction // [sideClient]: client to server, [sideServer]: server to client
+	// hop is the loop guard's (loopguard.go): the connection's hop number.
+	hop uint16
+	// timerSlot is the connection's list on its loop's timer wheel (tcptimers.go).
+	timerSlot int32
+	dir       [2]direction // [sideClient]: client to server, [sideServer]: server to client
 
 	dialTo                         netip.AddrPort
 	dialing, closed, idled, queued bool
-	reset                          bool  // close with RST
-	lastActive, dialDeadline       int64 // unix ns
-	idx                            int   // in lp.conns
-	stopDown                       func() bool
+	reset                          bool // close with RST
+	piped                          bool // in lp.piped: a direction has held a pipe
+	listed                         bool // on the timer wheel: from newTCPConn to close
+	// note is the loop guard's: whether the socket towards the server is to be noted whatever
+	// its destination.
+	note       bool
+	lastActive int64 // unix ns
+	stopDown   func() bool
 
-	// The loop guard (loopguard.go): the connection's hop number, whether its socket towards
-	// the server is to be noted whatever its destination, and that socket's local address
-	// once noted.
-	hop  uint16
-	note bool
+	// The timer wheel's: the connection's deadline (unix ns, 0 for none), its neighbours on its
+	// list.
+	timerAt      int64
+	tprev, tnext *tcpConn
+
+	// The loop guard's: the local address of the socket towards the server, once noted.
 	self netip.AddrPort
 }
 
@@ -84,32 +87,19 @@ func (h *direction) pending() bool { return h.end > h.off || h.inPipe > 0 }
 // starve the loop's other connections; the loop continues it next round.
 const roundBudget = 1 << 20
 
-// acceptTCP takes a new client connection, accepted on a listener at local, onto lp and starts
-// dialling its real server.
-func (b *Balancer) acceptTCP(lp *loop, fd int, client, local netip.AddrPort, bnd *binding) {
+// newTCPConn takes fd, a client connection from client that its listener admitted, onto lp
+// and starts dialling its real server; hop and note are the loop guard's (loopguard.go).
+func newTCPConn(lp *loop, b *Balancer, bnd *binding, fd int, client netip.AddrPort, hop uint16, note bool) {
 	svc, st := bnd.svc, bnd.svc.stats
-	bnd.accepted.accepted.Add(1)
-	st.accepted.Add(1)
-	hop, note := b.hopTCP(fd, client, local)
-	if b.isLoop(hop) {
-		b.loopRefused(svc, bnd.port.String(), client)
-		resetFD(fd)
-		return
-	}
-	if !svc.allowed(client.Addr()) {
-		st.drop(DropAccessDenied)
-		resetFD(fd)
-		return
-	}
 	b.connWG.Add(1) // before shutdown's Wait: shutdown waits for the loops to stop accepting
 	st.active.Add(1)
-	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, idx: len(lp.conns), hop: hop, note: note}
+	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, hop: hop, note: note}
 	c.plan = dialPlan{b: b, bnd: bnd, client: client}
 	c.dir[sideClient].total, c.dir[sideServer].total = &st.bytesIn, &st.bytesOut
 	c.ready[sideClient] = canWrite
-	lp.conns = append(lp.conns, c)
+	lp.timers.arm(c, 0) // the loop's table of its connections
 	if err := lp.add(fd, connEvents, c, sideClient); err != nil {
-		st.drop(DropLocalError)
+		st.drop(DropLocalError, 1)
 		if n, ok := st.logs.allow(logConnDropped, lp.now); ok {
 			st.logs.write(b.log, logConnDropped, n, "virtual_service", svc.cfg.Name, "err", err)
 		}
@@ -137,10 +127,11 @@ func (c *tcpConn) dialNext() {
 			if err = c.lp.add(fd, connEvents, c, sideServer); err == nil {
 				c.fd[sideServer], c.dialTo, c.dialing = fd, to, true
 				c.ready[sideServer] = 0
-				c.dialDeadline = 0
+				var deadline int64
 				if d := c.bnd.global.DialTimeout; d > 0 {
-					c.dialDeadline = c.lp.now + int64(d)
+					deadline = c.lp.now + int64(d)
 				}
+				c.lp.timers.arm(c, deadline)
 				return
 			}
 			sysClose(fd)
@@ -237,6 +228,7 @@ func (c *tcpConn) handle(_ *loop, side int8, ev uint32) {
 
 func (c *tcpConn) connected() {
 	c.dialing = false
+	c.armIdle()
 	c.real = c.plan.succeeded()
 	if c.real != nil && c.bnd.svc.cfg.CloseOnDown {
 		lp := c.lp
@@ -334,6 +326,10 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 	if n == len(c.lp.scratch) {
 		// Bulk: splice from now on. Without a pipe (descriptor limit) the buffer carries on.
 		h.pipe, _ = pipePool.Get().(*relayPipe)
+		if h.pipe != nil && !c.piped {
+			c.piped = true // the loop's tick gives the pipe back once the direction is quiet
+			c.lp.piped = append(c.lp.piped, c)
+		}
 	} else if c.ready[src]&peerClosed == 0 {
 		// A short read drained the socket: data arriving after it raises a new edge. (After
 		// FIN or RST no edge is due, so then the read goes on until it sees the end.)
@@ -411,6 +407,7 @@ func (c *tcpConn) close() {
 		c.fd[side] = -1
 	}
 	c.forgetSelf()
+	c.lp.timers.remove(c)
 	for d := range c.dir {
 		h := &c.dir[d]
 		if h.pipe != nil {
@@ -435,129 +432,45 @@ func (c *tcpConn) close() {
 		c.real.release(c.b.log, c.bnd.svc.cfg.Name)
 	}
 	c.bnd.svc.stats.active.Add(-1)
-	c.lp.dropConn(c)
 	c.b.connWG.Done()
 }
 
-// continueLater has the loop pump c again next round, after the other connections' events.
-func (lp *loop) continueLater(c *tcpConn) {
-	if !c.queued {
-		c.queued = true
-		lp.again = append(lp.again, c)
+// armIdle sets c's deadline to the moment it will have been quiet for its service's idle
+// timeout, if it has one.
+func (c *tcpConn) armIdle() {
+	if idle := c.bnd.svc.cfg.IdleTimeout; idle > 0 {
+		c.lp.timers.arm(c, c.lastActive+int64(idle))
+	} else {
+		c.lp.timers.arm(c, 0)
 	}
 }
 
-func (lp *loop) dropConn(c *tcpConn) {
-	last := lp.conns[len(lp.conns)-1]
-	lp.conns[c.idx], last.idx = last, c.idx
-	lp.conns[len(lp.conns)-1] = nil
-	lp.conns = lp.conns[:len(lp.conns)-1]
+// expired is called when c's deadline has come: a dial that has not connected in time gives way
+// to the next destination, a connection quiet for its idle timeout closes, and one active since
+// its deadline was set waits for the new one.
+func (c *tcpConn) expired(now int64) {
+	switch idle := c.bnd.svc.cfg.IdleTimeout; {
+	case c.dialing: // its dial timeout has passed
+		c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
+	case idle > 0 && now-c.lastActive >= int64(idle):
+		c.idled = true
+		c.close()
+	default:
+		c.armIdle()
+	}
 }
 
-// sweepConns ends dials that have timed out and connections idle for their service's idle
-// timeout, and takes the pipes back from directions that have gone quiet. It walks backwards,
-// since closing a connection moves the last one into its place.
-func (lp *loop) sweepConns(now int64) {
-	for i := len(lp.conns) - 1; i >= 0; i-- {
-		if i >= len(lp.conns) {
-			continue // a failed dial closed more than one
+// givePipesBack returns the pipes of c's directions that have been quiet for a tick, so that an
+// idle connection holds none; it reports whether c still holds one.
+func (c *tcpConn) givePipesBack(now int64) bool {
+	held := false
+	for d := range c.dir {
+		h := &c.dir[d]
+		if h.pipe != nil && h.inPipe == 0 && now-h.last >= int64(loopTick) {
+			pipePool.Put(h.pipe)
+			h.pipe = nil
 		}
-		c := lp.conns[i]
-		switch idle := c.bnd.svc.cfg.IdleTimeout; {
-		case c.dialing:
-			if c.dialDeadline > 0 && now >= c.dialDeadline {
-				c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
-			}
-		case idle > 0 && now-c.lastActive >= int64(idle):
-			c.idled = true
-			c.close()
-		default:
-			for d := range c.dir {
-				if h := &c.dir[d]; h.pipe != nil && h.inPipe == 0 && now-h.last >= int64(loopTick) {
-					pipePool.Put(h.pipe)
-					h.pipe = nil
-				}
-			}
-		}
+		held = held || h.pipe != nil
 	}
-}
-
-// closeConns closes every open connection: the drain deadline has passed.
-func (lp *loop) closeConns() {
-	for len(lp.conns) > 0 {
-		lp.conns[len(lp.conns)-1].close()
-	}
-}
-
-// dialTCP starts a non-blocking connection to "to" from local (if valid), for a transparent
-// service from the client's own address.
-func dialTCP(local, to netip.AddrPort, transparent, keepalive bool) (int, error) {
-	return dialSocket(unix.SOCK_STREAM, local, to, transparent, func(fd int) unix.Errno {
-		if keepalive {
-			setKeepalive(fd, true)
-		}
-		return sysSetsockopt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	})
-}
-
-// keepAlive: a dead peer of an idle connection is found within about two minutes.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
-
-func setKeepalive(fd int, on bool) {
-	if !on {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
-		return
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(keepAlive.Idle/time.Second))
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(keepAlive.Interval/time.Second))
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAlive.Count)
-}
-
-// resetFD closes fd with an RST instead of a FIN, so the peer learns at once that the
-// connection is gone (TCP refusal, "Reset on Close").
-func resetFD(fd int) {
-	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-	sysClose(fd)
-}
-
-// serveUnavailable answers an HTTP client with a redirect when the service has no server: the
-// appliance's "Not Available Redirection". It reads one request within the redirector's
-// bounds: the header timeout and a budget of bytes and lines.
-func serveUnavailable(c net.Conn, template string) {
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(httpReadHeaderTimeout))
-	req, err := http.ReadRequest(bufio.NewReader(newBudgetConn(c, nil)))
-	if err != nil {
-		var ne net.Error
-		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !(errors.As(err, &ne) && ne.Timeout()) {
-			_, _ = io.WriteString(c, badRequest)
-		}
-		return
-	}
-	loc, err := expandRedirect(template, req)
-	if err != nil {
-		_, _ = io.WriteString(c, badRequest)
-		return
-	}
-	resp := http.Response{
-		StatusCode: http.StatusFound,
-		ProtoMajor: 1, ProtoMinor: 1,
-		Header: http.Header{"Location": {loc}, "Connection": {"close"}},
-		Close:  true,
-	}
-	_ = resp.Write(c)
-}
-
-const badRequest = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-
-// maxUnavailable bounds the clients served an unavailable_redirect at once, each with a
-// goroutine for up to the header timeout; beyond it a client is reset, as without a redirect.
-const maxUnavailable = 1024
-
-// release gives back the active count taken by the dial plan.
-func (r *realServer) release(log *slog.Logger, vs string) {
-	if r.active.Add(-1) == 0 && State(r.state.Load()) == Draining {
-		log.Info("real server drained", "virtual_service", vs, "real_server", r.key)
-	}
+	return held
 }

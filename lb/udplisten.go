@@ -51,28 +51,6 @@ type udpListener struct {
 // stopIdleTimeout ends sessions quiet this long once a stop has begun.
 const stopIdleTimeout = time.Second
 
-// udpSession is one client of a UDP listener and the connected socket towards its server.
-// Only the listener's loop touches it.
-type udpSession struct {
-	l        *udpListener
-	client   netip.AddrPort
-	fd       int
-	svc      *service
-	server   *realServer // nil for the sorry server
-	last     int64       // unix nanoseconds of the last datagram either way
-	stopDown func() bool // close_on_down's watch, if any
-	closed   bool
-
-	checked  int64  // the loop round (lp.now) in which the session was last checked for a move
-	retry    int64  // when to look again for a better destination (see moveRetry)
-	rxqDrops uint32 // the socket's count of dropped datagrams when last read (SO_RXQ_OVFL)
-
-	older, newer *udpSession    // the listener's list by last activity
-	self         netip.AddrPort // the socket's local address, noted by the loop guard
-	hop          uint16         // the loop guard's hop number (loopguard.go)
-	note         bool           // note the socket whatever its destination
-}
-
 // maxDatagram is the largest datagram pairlb forwards either way: a jumbo frame's payload.
 // Lync's UDP services (STUN, media relay) stay far below it; a larger datagram is counted
 // (udp_too_large) and dropped, never forwarded truncated.
@@ -96,49 +74,11 @@ type udpLoop struct {
 	lns     []*udpListener
 }
 
-// udpState returns the loop's UDP state, made with the loop's first UDP listener.
-func (lp *loop) udpState() *udpLoop {
-	if lp.udp == nil {
-		lp.udp = &udpLoop{
-			in:      newMsgBatch(udpBatch, maxDatagram),
-			out:     newMsgBatch(udpBatch, 0),
-			replies: newMsgBatch(udpBatch, maxDatagram),
-		}
-		lp.onTick(lp.udp.sweep)
-	}
-	return lp.udp
-}
-
 // sweep ends the sessions idle for their service's UDP idle timeout.
 func (u *udpLoop) sweep(now int64) {
 	for _, l := range u.lns {
 		l.sweep(now)
 	}
-}
-
-// udpReceiveBuffer is the receive buffer asked for each VIP socket. A VIP socket queues what
-// its loop has not read yet; while the loop is busy elsewhere (a burst of new TCP connections,
-// a garbage collection, a core shared with other work), a socket holding the default 208 KiB
-// drops a burst after a few hundred datagrams: about 8,500 of a 20,000-datagram burst were
-// lost so. 4 MiB holds several thousand small media or STUN datagrams, 10 ms of a 1 Gb/s
-// flood of them, which is more than a loop stalls; the memory is taken only while datagrams
-// wait. The kernel caps SO_RCVBUF at net.core.rmem_max; with CAP_NET_ADMIN, SO_RCVBUFFORCE
-// passes the cap. What the kernel granted is logged once.
-const udpReceiveBuffer = 4 << 20
-
-// listenUDP opens a datagram socket on addr, also when the box does not hold addr yet (see
-// bindVIP), with the receive buffer above and the kernel's drop count delivered with each
-// datagram (SO_RXQ_OVFL), so that datagrams lost on a full queue are counted. Go's poller
-// never sees it: the listener's loop reads it.
-func listenUDP(addr netip.AddrPort) (int, error) {
-	fd, err := bindVIP(addr, unix.SOCK_DGRAM, [3]int{unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1})
-	if err != nil {
-		return -1, err
-	}
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReceiveBuffer) != nil {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpReceiveBuffer) // capped, not refused
-	}
-	return fd, nil
 }
 
 func newUDPListener(b *Balancer, k listenerKey, lp *loop, fd int) *udpListener {
@@ -245,7 +185,7 @@ func (l *udpListener) closeIfIdle() {
 		return
 	}
 	l.closed = true
-	unix.Close(l.fd)
+	sysClose(l.fd)
 	if !l.started {
 		return
 	}
@@ -320,15 +260,6 @@ func (l *udpListener) unlink(s *udpSession) {
 	}
 }
 
-// touch records activity at now: s becomes the newest session.
-func (s *udpSession) touch(now int64) {
-	s.last = now
-	if l := s.l; l.newest != s {
-		l.unlink(s)
-		l.link(s)
-	}
-}
-
 // forwardGroup collects the datagrams of one batch that belong to one session.
 type forwardGroup struct {
 	s   *udpSession
@@ -367,7 +298,7 @@ func (l *udpListener) handle(lp *loop, _ int8, _ uint32) {
 			return
 		}
 		if d := in.overflow(n, &l.rxqDrops); d > 0 {
-			l.cur.Load().svc.stats.dropped[DropUDPReceiveOverflow].Add(uint64(d))
+			l.cur.Load().svc.stats.drop(DropUDPReceiveOverflow, uint64(d))
 		}
 		l.forward(lp, n)
 		if l.closed || n < len(in.hdrs) {
@@ -389,7 +320,7 @@ func (l *udpListener) forward(lp *loop, n int) {
 	groups := l.groups[:0]
 	for i := range n {
 		if in.truncated(i) {
-			st.drop(DropUDPTooLarge)
+			st.drop(DropUDPTooLarge, 1)
 			continue
 		}
 		from := in.from(i)
@@ -424,7 +355,7 @@ func (l *udpListener) forward(lp *loop, n int) {
 		}
 		if sent < len(g.idx) {
 			// The server's socket is full or refused: those datagrams are lost, counted.
-			st.dropped[DropUDPSendFailed].Add(uint64(len(g.idx) - sent))
+			st.drop(DropUDPSendFailed, uint64(len(g.idx)-sent))
 			if err != nil {
 				if k, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
 					st.logs.write(l.b.log, logUDPSendFailed, k, "virtual_service", g.s.svc.cfg.Name, "err", err)
@@ -434,30 +365,6 @@ func (l *udpListener) forward(lp *loop, n int) {
 		st.bytesIn.Add(size)
 	}
 }
-
-// mustMove reports whether session s must leave its destination before its next datagram: its
-// real server is down or disabled, or, on the sorry server, a real server of the service is
-// available again (the sorry server stands in only while none is; a client that keeps sending
-// would otherwise stay on it for good).
-func (s *udpSession) mustMove(bnd *binding, now int64) bool {
-	if now < s.retry {
-		return false
-	}
-	if s.server != nil {
-		return s.server.leave.Load()
-	}
-	s.retry = now + moveRetry
-	for _, r := range bnd.svc.servers {
-		if r.available() {
-			return true
-		}
-	}
-	return false
-}
-
-// moveRetry is how often a session that must move but found nowhere to go, or a session on the
-// sorry server, looks again.
-const moveRetry = int64(time.Second)
 
 // move gives the client of session s a new session through the dial plan, as for a new client
 // (the persistence entry follows the new choice), then ends s: its socket towards the old
@@ -478,7 +385,7 @@ func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
 	svc, client := bnd.svc, s.client
 	if !svc.allowed(client.Addr()) {
 		s.close()
-		svc.stats.drop(DropAccessDenied)
+		svc.stats.drop(DropAccessDenied, 1)
 		return nil
 	}
 	fd, r, ok := connectUDP(l.b, bnd, client, true)
@@ -506,13 +413,13 @@ func (l *udpListener) newSession(lp *loop, bnd *binding, client netip.AddrPort) 
 		return nil
 	}
 	if !svc.allowed(client.Addr()) {
-		st.drop(DropAccessDenied)
+		st.drop(DropAccessDenied, 1)
 		return nil
 	}
 	// Checked again under the lock; this first look spares a flood of new clients beyond the
 	// bound a socket and a server choice each.
 	if st.udpSessions.Load() >= int64(svc.cfg.UDPMaxSessions) {
-		st.drop(DropUDPTableFull)
+		st.drop(DropUDPTableFull, 1)
 		return nil
 	}
 	fd, r, ok := connectUDP(l.b, bnd, client, false)
@@ -542,14 +449,14 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 		self = l.b.noteSelf(fd, to, hop) // before the first datagram leaves
 	}
 	reject := func(reason DropReason) *udpSession {
-		unix.Close(fd)
+		sysClose(fd)
 		if self.IsValid() {
 			l.b.self.remove(self)
 		}
 		if r != nil {
 			r.release(l.b.log, svc.cfg.Name)
 		}
-		st.drop(reason)
+		st.drop(reason, 1)
 		return nil
 	}
 
@@ -588,100 +495,4 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 		s.stopDown = context.AfterFunc(r.downContext(), func() { lp.post(s.close) })
 	}
 	return s
-}
-
-// handle reads the server's datagrams and sends them to the client from the VIP socket.
-func (s *udpSession) handle(lp *loop, _ int8, _ uint32) {
-	b := lp.udp.replies
-	for range udpRounds {
-		n, err := b.recvNow(s.fd)
-		switch err {
-		case nil:
-		case unix.EAGAIN:
-			return
-		case unix.ECONNREFUSED:
-			// ICMP port unreachable from the server: evidence for health, which judges it;
-			// the session stays, and moves if health then marks the server down.
-			s.l.b.suspect(s.svc.cfg.Name, s.server, evidenceUDPRefused, lp.now)
-			continue
-		default:
-			s.close() // a hard error
-			return
-		}
-		if d := b.overflow(n, &s.rxqDrops); d > 0 {
-			s.svc.stats.dropped[DropUDPReceiveOverflow].Add(uint64(d))
-		}
-		s.reply(lp, b, n)
-		if n < len(b.hdrs) {
-			return
-		}
-	}
-}
-
-// reply sends the n datagrams of batch b, read from the server, to the client.
-func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
-	st := s.svc.stats
-	s.touch(lp.now)
-	k := 0
-	var size uint64
-	for i := range n {
-		if b.truncated(i) {
-			st.drop(DropUDPTooLarge)
-			continue
-		}
-		if k != i {
-			b.bufs[k], b.bufs[i] = b.bufs[i], b.bufs[k]
-			b.iovs[k].Base, b.iovs[i].Base = &b.bufs[k][0], &b.bufs[i][0]
-		}
-		b.lens[k] = b.lens[i]
-		size += uint64(b.lens[k])
-		k++
-	}
-	sent, _, err := b.sendNow(s.l.fd, k, s.client)
-	if sent < k {
-		st.dropped[DropUDPSendFailed].Add(uint64(k - sent))
-		if err != nil {
-			if n, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
-				st.logs.write(s.l.b.log, logUDPSendFailed, n, "virtual_service", s.svc.cfg.Name, "err", err)
-			}
-		}
-	}
-	st.bytesOut.Add(size)
-}
-
-// close ends the session: idle, its server down with close_on_down, or the listener aborted.
-func (s *udpSession) close() {
-	if s.closed {
-		return
-	}
-	s.end()
-	s.l.closeIfIdle()
-}
-
-// end closes the session's socket and gives back everything it holds, leaving the listener
-// open even if this was its last session (see move).
-func (s *udpSession) end() {
-	if s.closed {
-		return
-	}
-	s.closed = true
-	l, st := s.l, s.svc.stats
-	l.lp.forget(s.fd)
-	unix.Close(s.fd)
-	if s.self.IsValid() {
-		l.b.self.remove(s.self)
-	}
-	if s.stopDown != nil {
-		s.stopDown()
-	}
-	if l.sessions[s.client] == s {
-		delete(l.sessions, s.client)
-	}
-	l.unlink(s)
-	st.udpSessions.Add(-1)
-	st.active.Add(-1)
-	if s.server != nil {
-		s.server.release(l.b.log, s.svc.cfg.Name)
-	}
-	l.b.connWG.Done()
 }
