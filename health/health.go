@@ -5,7 +5,7 @@
 // every transition.
 //
 // It is not the balancer: it never touches a pool, a listener or a connection. It reports changes
-// through Options.OnChange and cmd/pairlb turns them into calls on lb. It does not read the
+// through Options.OnChange and the daemon package turns them into calls on lb. It does not read the
 // config file either: the caller resolves every target (address, port, source address) from a
 // config.Config and hands the Monitor a flat list. Metrics are not registered here; OnProbe and
 // OnChange are the hooks a collector hangs on.
