@@ -96,10 +96,11 @@ func (w *Watcher) setChecker(chk *Checker, key string) {
 	}
 }
 
-// Run compares the nodes at once and then every interval, and at once after Set changed
-// them, until ctx ends.
+// Run compares the nodes every interval, and at once after Set changed them (also a Set before
+// Run), until ctx ends. The first comparison is Set's: a timer that fired at Run's start as well
+// would ask the peer twice for one configuration.
 func (w *Watcher) Run(ctx context.Context) error {
-	t := time.NewTimer(0)
+	t := time.NewTimer(w.interval)
 	defer t.Stop()
 	for {
 		select {
