@@ -43,7 +43,7 @@ func TestExamplesAllLoad(t *testing.T) {
 func TestLyncExample(t *testing.T) {
 	cfg := loadExample(t, "lync2013-single-pair.yaml")
 
-	// The 18 rows of lync2013.md "The services", plus the two port-80 redirectors, with Edge
+	// The 18 rows of docs/lync2013.md "The services", plus the two port-80 redirectors, with Edge
 	// External AV split into its TCP and STUN halves.
 	if got, want := len(cfg.VirtualServices), 21; got != want {
 		t.Fatalf("%d virtual services, want %d", got, want)

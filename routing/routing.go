@@ -38,7 +38,7 @@
 // A transparent virtual service (the Edge A/V service) connects to its real servers from the
 // client's own address (package lb dials with IP_TRANSPARENT). The real servers route their
 // replies, addressed to the client, through the box, which must deliver them locally to those
-// sockets and nothing else. pairlb uses the socket-match form of linux-notes.md:
+// sockets and nothing else. pairlb uses the socket-match form of docs/linux-notes.md:
 //
 //	table inet pairlb { chain prerouting { type filter hook prerouting priority mangle;
 //	    iifname "IF" socket transparent 1 meta mark set meta mark & 0xffffff00 | 0x70 } }
@@ -65,7 +65,7 @@
 // never picks a /32 VIP (the connected route's preferred source is the box's primary address).
 // Sources gives the box's own address on a real server's subnet (subnet_originating).
 //
-// Operational notes (see linux-notes.md): each box needs its own permanent address in every
+// Operational notes (see docs/linux-notes.md): each box needs its own permanent address in every
 // gateway's subnet; IPv6 needs net.ipv6.conf.IF.keep_addr_on_down=1 or a link flap takes that
 // address, and with it the table, away until it is configured again. Transparent services need
 // the box to forward the real servers' other traffic (net.ipv4.ip_forward=1,
