@@ -213,8 +213,9 @@ func (b *Balancer) runLoops(loops []*loop) {
 	}
 }
 
-// Config returns the configuration being served, or nil before the first Apply.
-func (b *Balancer) Config() *config.Config {
+// served is the configuration being served, or nil before the first Apply. The daemon keeps
+// the running configuration (daemon.Daemon.Running); this is the balancer's own, for its tests.
+func (b *Balancer) served() *config.Config {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.cfg

@@ -214,7 +214,7 @@ func TestApplyFailureChangesNothing(t *testing.T) {
 		c.Close()
 		t.Fatal("a listener of the failed Apply was left open")
 	}
-	if bal.Config().VirtualServices[0].Name != "web" || len(bal.Config().VirtualServices) != 1 {
+	if cfg := bal.served(); cfg.VirtualServices[0].Name != "web" || len(cfg.VirtualServices) != 1 {
 		t.Fatal("failed Apply replaced the configuration")
 	}
 }
