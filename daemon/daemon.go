@@ -23,6 +23,7 @@ import (
 	"github.com/pairlb/pairlb/admin"
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/health"
+	"github.com/pairlb/pairlb/internal/buildinfo"
 	"github.com/pairlb/pairlb/internal/capability"
 	"github.com/pairlb/pairlb/lb"
 	"github.com/pairlb/pairlb/pair"
@@ -33,7 +34,10 @@ import (
 type Options struct {
 	Log     *slog.Logger
 	Path    string // the configuration file
-	Version string // pairlb's version, in the status and pairlb_build_info
+	Version string // pairlb's version as the status shows it (buildinfo.Info.String)
+	// Build labels pairlb_build_info (version, revision, commit time); zero, the version label
+	// is Version.
+	Build buildinfo.Info
 }
 
 // Daemon wires the packages together for `pairlb run`.
@@ -73,7 +77,7 @@ func New(opt Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{log: log, path: opt.Path, version: opt.Version, lb: lb.New(log), reg: prometheus.NewRegistry()}
-	d.metrics = newMetrics(d.reg, d.lb, opt.Version)
+	d.metrics = newMetrics(d.reg, d.lb, opt.Version, opt.Build)
 	d.health = health.NewMonitor(health.Options{
 		Logger:  log,
 		OnProbe: d.metrics.observeProbe,

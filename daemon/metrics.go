@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/health"
+	"github.com/pairlb/pairlb/internal/buildinfo"
 	"github.com/pairlb/pairlb/lb"
 	"github.com/pairlb/pairlb/routing"
 )
@@ -30,7 +32,7 @@ type metrics struct {
 
 // newMetrics registers every metric of the daemon on reg: the balancer's, the daemon's, and
 // the Go runtime, process and build information collectors. version is pairlb's.
-func newMetrics(reg prometheus.Registerer, b *lb.Balancer, version string) *metrics {
+func newMetrics(reg prometheus.Registerer, b *lb.Balancer, version string, build buildinfo.Info) *metrics {
 	rs := []string{"virtual_service", "real_server"}
 	m := &metrics{
 		healthDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -60,10 +62,14 @@ func newMetrics(reg prometheus.Registerer, b *lb.Balancer, version string) *metr
 		}, []string{"hash"}),
 		targets: map[[2]string]bool{},
 	}
+	if build.Version == "" {
+		build.Version = version
+	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "pairlb_build_info",
-		Help:        "Always 1; the version label is pairlb's version.",
-		ConstLabels: prometheus.Labels{"version": version},
+		Name: "pairlb_build_info",
+		Help: "Always 1; the labels are pairlb's version, and the VCS revision and commit time the go command stamped into the binary (empty when it has none).",
+		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision, "vcs_time": build.Time,
+			"vcs_modified": strconv.FormatBool(build.Modified)},
 	})
 	buildInfo.Set(1)
 	m.reloads.WithLabelValues("success")

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/pairlb/pairlb/internal/buildinfo"
 )
 
 const usage = `pairlb: a load balancer pair for Lync / Skype for Business pools
@@ -22,7 +24,8 @@ usage:
   pairlb version                              print the version
 `
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..."; the VCS revision and time
+// come from the go command's stamp (internal/buildinfo).
 var version = "dev"
 
 func main() {
@@ -54,7 +57,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	case "pair":
 		return cmdPair(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintln(stdout, "pairlb", version)
+		fmt.Fprintln(stdout, "pairlb", buildinfo.Read(version))
 		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)

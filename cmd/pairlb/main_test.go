@@ -189,6 +189,23 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestVersionNamesTheCommit: a binary built in a checkout says which commit it is, with no
+// -ldflags, so that two boxes (and pair check) can tell whether they run the same build.
+func TestVersionNamesTheCommit(t *testing.T) {
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Skipf("not a git checkout (or no git): %v", err) // the vendored copy of go test -short
+	}
+	bin := testenv.Pairlb(t)
+	out, err := exec.Command(bin, "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pairlb version: %v\n%s", err, out)
+	}
+	if want := "pairlb dev (" + string(head[:12]) + ", "; !strings.HasPrefix(string(out), want) {
+		t.Fatalf("pairlb version printed %q, want it to begin with %q", out, want)
+	}
+}
+
 // TestRunExitsWhenAListenerCannotOpen: with the admin address or a VIP port already taken,
 // `pairlb run` used to close its listeners and hang, silent, until SIGTERM. It must exit 1 at
 // once with a message naming the address.

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/pairlb/pairlb/daemon"
+	"github.com/pairlb/pairlb/internal/buildinfo"
 )
 
 const defaultConfig = "/etc/pairlb/pairlb.yaml"
@@ -38,7 +39,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	d, err := daemon.New(daemon.Options{Log: log, Path: *path, Version: version})
+	build := buildinfo.Read(version)
+	d, err := daemon.New(daemon.Options{Log: log, Path: *path, Version: build.String(), Build: build})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

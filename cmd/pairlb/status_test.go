@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,7 +54,11 @@ func TestStatusCommand(t *testing.T) {
 		t.Fatalf("status -c: exit %d: %s", code, errb.String())
 	}
 	table := out.String()
-	for _, want := range []string{"pairlb dev, ready, config " + file, "\nweb  127.0.0.1  [" + fmt.Sprint(port) + "/tcp]  main table  roundrobin  active ", "  connections 1  in ",
+	ver, err := exec.Command(bin, "version").Output() // "pairlb dev (REVISION, TIME)\n" in a checkout
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{strings.TrimSpace(string(ver)) + ", ready, config " + file, "\nweb  127.0.0.1  [" + fmt.Sprint(port) + "/tcp]  main table  roundrobin  active ", "  connections 1  in ",
 		"REAL SERVER", "HEALTH", a + "  enabled  up (none)  1", "no check\n", "\nmedia  127.0.0.1", b} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %q:\n%s", want, table)

@@ -77,9 +77,12 @@ func goTool() string {
 // directory inside the module (the build cache makes the second build of a run cheap).
 func BuildPairlb(dir string) (string, error) {
 	bin := filepath.Join(dir, "pairlb")
-	out, err := exec.Command(goTool(), "build", "-o", bin, "github.com/pairlb/pairlb/cmd/pairlb").CombinedOutput()
+	// -buildvcs=auto, as a plain go build has it, overrides a GOFLAGS=-buildvcs=false in the
+	// environment (this machine's go env has one): the binary names its commit, as an
+	// operator's does, wherever the tree is a checkout.
+	out, err := exec.Command(goTool(), "build", "-buildvcs=auto", "-o", bin, "github.com/pairlb/pairlb/cmd/pairlb").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("building pairlb (go build -o %s github.com/pairlb/pairlb/cmd/pairlb): %w\n%s", bin, err, out)
+		return "", fmt.Errorf("building pairlb (go build -buildvcs=auto -o %s github.com/pairlb/pairlb/cmd/pairlb): %w\n%s", bin, err, out)
 	}
 	return bin, nil
 }
