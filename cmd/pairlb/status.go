@@ -244,6 +244,9 @@ func waitDrained(c *admin.Client, addr string, timeout time.Duration, stdout, st
 	case errors.Is(err, context.DeadlineExceeded) && st != nil:
 		fmt.Fprintf(stderr, "pairlb server wait-drained: %s: still %d active after %s (%s)\n", st.Address, st.Active, timeout, openOn(st))
 		return 1
+	case errors.Is(err, context.DeadlineExceeded):
+		fmt.Fprintf(stderr, "pairlb server wait-drained: %s: --timeout %s passed before the daemon answered: %v\n", addr, timeout, err)
+		return 1
 	case err != nil:
 		fmt.Fprintln(stderr, "pairlb server wait-drained:", err)
 		return 1
