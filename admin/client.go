@@ -3,13 +3,17 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strings"
+	"time"
 
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/lb"
 )
 
 // DialAddr is the address a client on this box dials to reach an admin listener on listen: a
@@ -142,6 +146,76 @@ func (c *Client) SetServerState(ctx context.Context, vs, rs, action string) (*Se
 		return nil, err
 	}
 	return &out, nil
+}
+
+// AddressState asks GET /api/v1/real-servers/ADDRESS: every real server the address names, in
+// every virtual service, with what each has open.
+func (c *Client) AddressState(ctx context.Context, addr string) (*AddressState, error) {
+	var out AddressState
+	if err := c.doJSON(ctx, http.MethodGet, PathRealServers+url.PathEscape(addr), &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// SetAddressState asks POST /api/v1/real-servers/ADDRESS/ACTION, action being enable, disable or
+// drain: the state set on every real server the address names, in every virtual service.
+func (c *Client) SetAddressState(ctx context.Context, addr, action string) (*AddressState, error) {
+	var out AddressState
+	if err := c.doJSON(ctx, http.MethodPost, PathRealServers+url.PathEscape(addr)+"/"+url.PathEscape(action), &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ErrNotDraining is WaitDrained's answer for an address that some virtual service still sends
+// new connections to: waiting for it to empty would not end, or would end by chance.
+var ErrNotDraining = errors.New("still enabled: drain or disable it first")
+
+// pollTimeout bounds each request of WaitDrained.
+const pollTimeout = 10 * time.Second
+
+// WaitDrained asks GET /api/v1/real-servers/ADDRESS every interval until no real server the
+// address names has a connection or UDP session open, and returns the last answer. progress,
+// when not nil, is called with the first answer and with each one whose count differs from the
+// one before. A server still enabled somewhere is ErrNotDraining (naming the services); the end
+// of ctx is its error, with the last answer, so that the caller can say what was still open.
+func (c *Client) WaitDrained(ctx context.Context, addr string, interval time.Duration, progress func(*AddressState)) (*AddressState, error) {
+	var last *AddressState
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, pollTimeout)
+		st, err := c.AddressState(rctx, addr)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return last, fmt.Errorf("waiting for %s to drain: %w", addr, ctx.Err())
+			}
+			return last, err
+		}
+		var enabled []string
+		for _, rs := range st.RealServers {
+			if rs.State == lb.Enabled.String() {
+				enabled = append(enabled, rs.VirtualService)
+			}
+		}
+		if len(enabled) > 0 {
+			return st, fmt.Errorf("real server address %s in %s: %w", st.Address, strings.Join(enabled, ", "), ErrNotDraining)
+		}
+		if progress != nil && (last == nil || last.Active != st.Active) {
+			progress(st)
+		}
+		last = st
+		if st.Active == 0 {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return last, fmt.Errorf("waiting for %s to drain: %w", addr, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // Reload asks POST /api/v1/reload: read the file again and apply it.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,14 +21,22 @@ import (
 	"github.com/pairlb/pairlb/routing"
 )
 
-// fakeDaemon is a Daemon for the server's own tests: one service, calls counted.
+// fakeDaemon is a Daemon for the server's own tests: the service web with two servers (more
+// with addService), calls counted.
 type fakeDaemon struct {
 	mu       sync.Mutex
 	cfg      *config.Config
-	states   map[string]lb.State // real server -> state set
+	services []fakeService
+	states   map[string]lb.State // "service server" -> state set
+	active   map[string]int64    // "service server" -> open connections
 	reloads  int
 	reapplys int
 	applyErr error // what Reload and Reapply answer
+}
+
+type fakeService struct {
+	name    string
+	servers []string
 }
 
 func newFakeDaemon(token string) *fakeDaemon {
@@ -36,7 +45,22 @@ func newFakeDaemon(token string) *fakeDaemon {
 	if token != "" {
 		cfg.Global.AdminToken = []byte(token)
 	}
-	return &fakeDaemon{cfg: cfg, states: map[string]lb.State{}}
+	return &fakeDaemon{cfg: cfg, states: map[string]lb.State{}, active: map[string]int64{},
+		services: []fakeService{{"web", []string{"198.18.2.11", "198.18.2.12"}}}}
+}
+
+// addService adds a service with servers (their keys) after the others.
+func (f *fakeDaemon) addService(name string, servers ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.services = append(f.services, fakeService{name, servers})
+}
+
+// setActive sets what the server of service has open.
+func (f *fakeDaemon) setActive(service, server string, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.active[service+" "+server] = n
 }
 
 func (f *fakeDaemon) Running() *config.Config {
@@ -48,16 +72,17 @@ func (f *fakeDaemon) Running() *config.Config {
 func (f *fakeDaemon) Services() []lb.ServiceStatus {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	st := lb.ServiceStatus{Name: "web", VIP: "198.51.100.10", Scheduler: "roundrobin", Placement: "roundrobin",
-		Ports: []lb.PortStatus{{Port: "443/tcp", Listen: 443, Proto: "tcp", Accepted: 7}}}
-	for _, rs := range []string{"198.18.2.11", "198.18.2.12"} {
-		state := "enabled"
-		if s, ok := f.states[rs]; ok {
-			state = s.String()
+	var out []lb.ServiceStatus
+	for _, fs := range f.services {
+		st := lb.ServiceStatus{Name: fs.name, VIP: "198.51.100.10", Scheduler: "roundrobin", Placement: "roundrobin",
+			Ports: []lb.PortStatus{{Port: "443/tcp", Listen: 443, Proto: "tcp", Accepted: 7}}}
+		for _, rs := range fs.servers {
+			st.RealServers = append(st.RealServers, lb.ServerStatus{Address: rs, State: f.states[fs.name+" "+rs].String(),
+				Up: true, Weight: 1, Active: f.active[fs.name+" "+rs]})
 		}
-		st.RealServers = append(st.RealServers, lb.ServerStatus{Address: rs, State: state, Up: true, Weight: 1})
+		out = append(out, st)
 	}
-	return []lb.ServiceStatus{st}
+	return out
 }
 
 func (f *fakeDaemon) Health() []health.TargetStatus {
@@ -69,11 +94,32 @@ func (f *fakeDaemon) Routing() ([]routing.Unit, []routing.Problem, bool) { retur
 func (f *fakeDaemon) SetServerState(vs, rs string, st lb.State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if vs != "web" || (rs != "198.18.2.11" && rs != "198.18.2.12") {
-		return fmt.Errorf("real server %q of virtual service %q: %w", rs, vs, lb.ErrNotFound)
+	for _, fs := range f.services {
+		if fs.name == vs && slices.Contains(fs.servers, rs) {
+			f.states[vs+" "+rs] = st
+			return nil
+		}
 	}
-	f.states[rs] = st
-	return nil
+	return fmt.Errorf("real server %q of virtual service %q: %w", rs, vs, lb.ErrNotFound)
+}
+
+func (f *fakeDaemon) SetServerStateByAddr(a lb.ServerAddr, st lb.State) ([]lb.ServerChange, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []lb.ServerChange
+	for _, fs := range f.services {
+		for _, rs := range fs.servers {
+			if a.MatchesKey(rs) {
+				k := fs.name + " " + rs
+				out = append(out, lb.ServerChange{Service: fs.name, Server: rs, State: st, Was: f.states[k], Active: f.active[k]})
+				f.states[k] = st
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("real server address %s: in no virtual service: %w", a, lb.ErrNotFound)
+	}
+	return out, nil
 }
 
 func (f *fakeDaemon) Reload() (*config.Config, error) {

@@ -63,6 +63,9 @@ type Daemon interface {
 	Routing() (units []routing.Unit, problems []routing.Problem, ok bool)
 	// SetServerState sets a real server's run-time state (lb.ErrNotFound for an unknown name).
 	SetServerState(service, server string, st lb.State) error
+	// SetServerStateByAddr sets the run-time state of every real server addr names, in every
+	// virtual service, at once (lb.ErrNotFound when none has it; nothing changes then).
+	SetServerStateByAddr(addr lb.ServerAddr, st lb.State) ([]lb.ServerChange, error)
 	// Reload reads the configuration file again and applies it; Reapply applies the running
 	// configuration again, reading nothing. Both return the configuration in force after, and
 	// on an error leave the running configuration as it was.
@@ -273,6 +276,8 @@ func (s *Server) Handler() http.Handler {
 	// The API checks methods itself so that every answer under /api/ is JSON.
 	mux.Handle(PathStatus, auth(method(http.MethodGet, s.handleStatus)))
 	mux.Handle("/api/v1/virtual-services/{name}/real-servers/{address}/{action}", auth(method(http.MethodPost, s.handleServerAction)))
+	mux.Handle(PathRealServers+"{address}", auth(method(http.MethodGet, s.handleAddress)))
+	mux.Handle(PathRealServers+"{address}/{action}", auth(method(http.MethodPost, s.handleAddressAction)))
 	mux.Handle(PathReload, auth(method(http.MethodPost, s.handleReload)))
 	mux.Handle(PathReapply, auth(method(http.MethodPost, s.handleReapply)))
 	mux.Handle("/api/", auth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -450,6 +455,75 @@ func (s *Server) handleServerAction(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("admin: real server state set", "virtual_service", vs, "real_server", rs, "state", st.String(), "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, ServerState{VirtualService: vs, RealServer: rs, State: st.String()})
+}
+
+// handleAddress is GET /api/v1/real-servers/{address}: every real server the address names,
+// with what each has open; what `pairlb server wait-drained` polls.
+func (s *Server) handleAddress(w http.ResponseWriter, r *http.Request) {
+	a, ok := parseAddress(w, r.PathValue("address"))
+	if !ok {
+		return
+	}
+	st := AddressState{Address: a.String(), RealServers: []AddressServer{}}
+	for _, vs := range s.d.Services() {
+		for _, rs := range vs.RealServers {
+			if a.MatchesKey(rs.Address) {
+				st.RealServers = append(st.RealServers, AddressServer{VirtualService: vs.Name, RealServer: rs.Address,
+					State: rs.State, Active: rs.Active, Drained: isDrained(rs.State, rs.Active)})
+				st.Active += rs.Active
+			}
+		}
+	}
+	if len(st.RealServers) == 0 {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("real server address %s: in no virtual service", a))
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// handleAddressAction is POST /api/v1/real-servers/{address}/{action}: the state set on every
+// real server the address names, in every virtual service, and the list of them.
+func (s *Server) handleAddressAction(w http.ResponseWriter, r *http.Request) {
+	action := r.PathValue("action")
+	if action != "enable" && action != "disable" && action != "drain" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown action %q: want enable, disable or drain", action))
+		return
+	}
+	st, _ := lb.ParseState(action)
+	a, ok := parseAddress(w, r.PathValue("address"))
+	if !ok {
+		return
+	}
+	changed, err := s.d.SetServerStateByAddr(a, st)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, lb.ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		writeError(w, code, err.Error())
+		return
+	}
+	out := AddressState{Address: a.String(), State: st.String(), RealServers: []AddressServer{}}
+	services := make([]string, 0, len(changed))
+	for _, c := range changed {
+		out.RealServers = append(out.RealServers, AddressServer{VirtualService: c.Service, RealServer: c.Server,
+			State: c.State.String(), Was: c.Was.String(), Active: c.Active, Drained: isDrained(c.State.String(), c.Active)})
+		out.Active += c.Active
+		services = append(services, c.Service)
+	}
+	s.log.Info("admin: real server state set by address", "address", a.String(), "state", st.String(),
+		"virtual_services", strings.Join(services, ","), "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, out)
+}
+
+// parseAddress reads the {address} of a request, answering 400 when it is not one.
+func parseAddress(w http.ResponseWriter, s string) (lb.ServerAddr, bool) {
+	a, err := lb.ParseServerAddr(s)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error()+": want a real server's address as the file writes it, 10.11.1.11 (every port) or 10.11.1.12:4443")
+		return lb.ServerAddr{}, false
+	}
+	return a, true
 }
 
 // handleReload is POST /api/v1/reload: the same as SIGHUP, with the verdict in the answer.

@@ -84,10 +84,19 @@ func WriteTable(w io.Writer, st *Status, now time.Time) {
 					last += ": " + h.LastError
 				}
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%d\t%s\n", rs.Address, rs.State, hv, rs.Weight, rs.Active, rs.Total, last)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%d\t%s\n", rs.Address, stateText(&rs), hv, rs.Weight, rs.Active, rs.Total, last)
 		}
 		_ = tw.Flush()
 	}
+}
+
+// stateText is a real server's state as the table shows it: "drained" for a draining server
+// with nothing left open (safe to stop), apart from one still "draining" (ACTIVE says how much).
+func stateText(rs *RealServer) string {
+	if rs.Drained {
+		return "drained"
+	}
+	return rs.State
 }
 
 // placementText says what places a new client of vs and, with persistence, how full its table

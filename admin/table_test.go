@@ -63,3 +63,23 @@ func TestPrintStatusRoutingProblems(t *testing.T) {
 		t.Errorf("status without routing problems mentions routing:\n%s", b.String())
 	}
 }
+
+// TestPrintStatusDrained: a draining server with nothing open shows as drained (safe to stop),
+// one with connections left as draining.
+func TestPrintStatusDrained(t *testing.T) {
+	rs := func(addr, state string, active int64) RealServer {
+		return RealServer{ServerStatus: lb.ServerStatus{Address: addr, State: state, Up: true, Weight: 1, Active: active},
+			Drained: isDrained(state, active)}
+	}
+	st := &Status{Version: "dev", Ready: true, VirtualServices: []VirtualService{{
+		ServiceStatus: lb.ServiceStatus{Name: "fe", VIP: "198.51.100.10", Scheduler: "leastconn", Ports: []lb.PortStatus{{Port: "443/tcp"}}},
+		RealServers:   []RealServer{rs("198.18.2.11", "draining", 0), rs("198.18.2.12", "draining", 3), rs("198.18.2.13", "disabled", 0), rs("198.18.2.14", "enabled", 0)},
+	}}}
+	var b strings.Builder
+	WriteTable(&b, st, time.Now())
+	for _, want := range []string{"198.18.2.11  drained   up", "198.18.2.12  draining  up      1       3", "198.18.2.13  disabled  up", "198.18.2.14  enabled   up"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status table lacks %q:\n%s", want, b.String())
+		}
+	}
+}

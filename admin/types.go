@@ -18,6 +18,11 @@ const (
 	PathReload  = "/api/v1/reload"
 	PathReapply = "/api/v1/reapply"
 	PathReady   = "/readyz"
+	// PathRealServers is the root of the endpoints that name a real server by its address in
+	// every virtual service at once (lb.ServerAddr says which servers an address names): GET
+	// PathRealServers+ADDRESS is what each has open, POST PathRealServers+ADDRESS+"/drain" (or
+	// "/disable", "/enable") sets the state in all of them.
+	PathRealServers = "/api/v1/real-servers/"
 )
 
 // Status is GET /api/v1/status: the balancer's view of every service merged with the health
@@ -60,8 +65,16 @@ type VirtualService struct {
 type RealServer struct {
 	lb.ServerStatus
 	// Available: takes new connections (enabled, up and with a weight).
-	Available bool    `json:"available"`
-	Health    *Health `json:"health,omitempty"` // nil: not probed
+	Available bool `json:"available"`
+	// Drained: draining with no connection or UDP session left, safe to stop; a draining
+	// server with something open is not (lb.ServerStatus.Active says how much).
+	Drained bool    `json:"drained,omitempty"`
+	Health  *Health `json:"health,omitempty"` // nil: not probed
+}
+
+// isDrained is RealServer.Drained and AddressServer.Drained from the balancer's state.
+func isDrained(state string, active int64) bool {
+	return state == lb.Draining.String() && active == 0
 }
 
 // Health is the health monitor's view of a real server.
@@ -85,6 +98,27 @@ type ServerState struct {
 	VirtualService string `json:"virtual_service"`
 	RealServer     string `json:"real_server"`
 	State          string `json:"state"`
+}
+
+// AddressState is the answer to GET /api/v1/real-servers/{address} and to POST
+// /api/v1/real-servers/{address}/{action}: every real server the address names, in every
+// virtual service, in configuration order.
+type AddressState struct {
+	Address string `json:"address"`         // as the daemon read it: "10.11.1.11" (every port), "10.11.1.12:4443"
+	State   string `json:"state,omitempty"` // POST: the state set
+	// Active is the open connections and UDP sessions of all of them together.
+	Active      int64           `json:"active_connections"`
+	RealServers []AddressServer `json:"real_servers"`
+}
+
+// AddressServer is one real server of an AddressState.
+type AddressServer struct {
+	VirtualService string `json:"virtual_service"`
+	RealServer     string `json:"real_server"`
+	State          string `json:"state"`
+	Was            string `json:"was,omitempty"` // POST: the state before, equal to State when it was in it already
+	Active         int64  `json:"active_connections"`
+	Drained        bool   `json:"drained"` // as RealServer.Drained
 }
 
 // ReloadResult is the answer to POST /api/v1/reload and /api/v1/reapply: the configuration in
@@ -140,7 +174,7 @@ func newStatus(version string, ready bool, services []lb.ServiceStatus, targets 
 	for _, s := range services {
 		v := VirtualService{ServiceStatus: s, RealServers: []RealServer{}}
 		for _, r := range s.RealServers {
-			sv := RealServer{ServerStatus: r, Available: r.State == "enabled" && r.Up && r.Weight > 0}
+			sv := RealServer{ServerStatus: r, Available: r.State == "enabled" && r.Up && r.Weight > 0, Drained: isDrained(r.State, r.Active)}
 			if h, ok := hs[key{s.Name, r.Address}]; ok {
 				hv := &Health{Check: string(h.Check), Address: h.Addr.String(), Up: h.Up, Since: h.Since,
 					LastError: h.LastError, LastDurationSeconds: h.LastDuration.Seconds(),

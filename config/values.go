@@ -95,6 +95,12 @@ func checkUnicast(a netip.Addr) error {
 	return nil
 }
 
+// ParseRealServerAddr reads a real server's address as the file writes it: "10.11.1.12",
+// "10.11.1.12:4443", "2001:db8::1" or "[2001:db8::1]:4443"; the port is 0 when not given. The
+// commands and the admin API read an operator's ADDRESS with it, so that what the file accepts
+// and what they accept are one rule.
+func ParseRealServerAddr(s string) (netip.Addr, uint16, error) { return parseAddrOptPort(s) }
+
 // parseAddrOptPort reads "10.11.1.12", "10.11.1.12:4443", "2001:db8::1" or "[2001:db8::1]:4443";
 // the port is 0 when not given.
 func parseAddrOptPort(s string) (netip.Addr, uint16, error) {

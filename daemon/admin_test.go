@@ -270,6 +270,11 @@ func TestAdminStatusAndServerActions(t *testing.T) {
 	if r.code != http.StatusForbidden {
 		t.Errorf("cross-origin POST: %v", r)
 	}
+	r = td.call(t, http.MethodPost, "/api/v1/real-servers/127.0.0.1/drain", "",
+		"Origin", "http://attacker.example", "Sec-Fetch-Site", "cross-site")
+	if r.code != http.StatusForbidden {
+		t.Errorf("cross-origin POST by address: %v", r)
+	}
 	if s := td.status(t, "").Find("web", a); s.State != "enabled" {
 		t.Errorf("the cross-origin POST changed the state: %+v", s)
 	}
@@ -307,6 +312,8 @@ func TestAdminToken(t *testing.T) {
 		{"GET", "/metrics"},
 		{"GET", "/api/v1/status"},
 		{"POST", "/api/v1/virtual-services/web/real-servers/" + a + "/drain"},
+		{"POST", "/api/v1/real-servers/127.0.0.1/drain"},
+		{"GET", "/api/v1/real-servers/127.0.0.1"},
 		{"POST", "/api/v1/reload"},
 		{"GET", "/api/v1/nothing"},
 		{"GET", "/debug/pprof/"},

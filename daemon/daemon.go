@@ -194,6 +194,9 @@ func (v adminView) Health() []health.TargetStatus { return v.health.Status() }
 func (v adminView) SetServerState(vs, rs string, st lb.State) error {
 	return v.lb.SetServerState(vs, rs, st)
 }
+func (v adminView) SetServerStateByAddr(a lb.ServerAddr, st lb.State) ([]lb.ServerChange, error) {
+	return v.lb.SetServerStateByAddr(a, st)
+}
 
 func (v adminView) Routing() ([]routing.Unit, []routing.Problem, bool) {
 	if v.routes == nil {

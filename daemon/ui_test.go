@@ -220,3 +220,67 @@ func TestStatusPageToken(t *testing.T) {
 		t.Errorf("sessionStorage token: %q, %v", stored, err)
 	}
 }
+
+// TestStatusPageAddress: the page's maintenance panel drains an address in every service that
+// has it with one click, through the token the page holds, says which servers changed, and
+// shows them drained; Enable everywhere puts them back.
+func TestStatusPageAddress(t *testing.T) {
+	ctx := browser(t)
+	fe1sip, fe1web := listenOn(t, "127.0.51.11", 0), listenOn(t, "127.0.51.11", 0)
+	fe2 := listenOn(t, "127.0.51.12", 0)
+	services := fmt.Sprintf(`  - name: sip
+    vip: 127.0.0.1
+    ports: ["%d/tcp"]
+    health: {type: none}
+    real_servers: [{address: %q}, {address: %q}]
+`, testenv.FreeTCPPort(t), fe1sip, fe2) + testenv.LoopbackService("web", testenv.FreeTCPPort(t), fe1web)
+	td := startDaemon(t, "page-token", services)
+	runBrowser(t, ctx, "the page with its token",
+		chromedp.Navigate(td.admin+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#token-form`)),
+		chromedp.SendKeys(chromedp.CSS(`#token`), "page-token"),
+		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`), chromedp.NodeVisible),
+		chromedp.WaitVisible(chromedp.CSS(`#addresses tr.addr-row[data-addr="127.0.51.11"][data-states="enabled"]`)),
+	)
+	addrs, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#addresses tr.addr-row")].map(r => r.dataset.addr + " " + r.children[1].textContent)`))
+	if err != nil || fmt.Sprint(addrs) != "[127.0.51.11 sip, web (2 real servers) 127.0.51.12 sip (1 real server)]" {
+		t.Errorf("addresses on the page: %q, %v", addrs, err)
+	}
+
+	runBrowser(t, ctx, "clicking drain everywhere",
+		chromedp.Click(chromedp.CSS(`button[data-addr="127.0.51.11"][data-action="drain"]`), chromedp.NodeVisible),
+	)
+	if !testenv.Eventually(10*time.Second, func() bool {
+		st := td.status(t, "page-token")
+		a, b := st.Find("sip", fe1sip), st.Find("web", fe1web)
+		return a != nil && b != nil && a.State == "draining" && b.State == "draining"
+	}) {
+		t.Fatalf("the click on Drain everywhere did not reach both services: %+v", td.status(t, "page-token"))
+	}
+	if s := td.status(t, "page-token").Find("sip", fe2); s == nil || s.State != "enabled" {
+		t.Errorf("the drain of 127.0.51.11 changed %s: %+v", fe2, s)
+	}
+	runBrowser(t, ctx, "the page shows both drained",
+		chromedp.WaitVisible(chromedp.CSS(`tr.rs.draining.drained[data-vs="sip"][data-rs="`+fe1sip+`"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr.rs.draining.drained[data-vs="web"][data-rs="`+fe1web+`"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#addresses tr.addr-row[data-addr="127.0.51.11"][data-states="drained"]`)),
+		chromedp.WaitReady(chromedp.CSS(`button[data-addr="127.0.51.11"][data-action="drain"][disabled]`)),
+	)
+	notice, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("notice").innerText`))
+	if want := "sip " + fe1sip + ": draining (was enabled, active 0)\nweb " + fe1web + ": draining (was enabled, active 0)"; err != nil || notice != want {
+		t.Errorf("notice after the drain: %q, %v; want %q", notice, err, want)
+	}
+	state, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('tr.rs[data-vs="web"] td.state').textContent`))
+	if err != nil || state != "drained" {
+		t.Errorf("web's state cell: %q, %v", state, err)
+	}
+
+	runBrowser(t, ctx, "clicking enable everywhere",
+		chromedp.Click(chromedp.CSS(`button[data-addr="127.0.51.11"][data-action="enable"]`), chromedp.NodeVisible),
+		chromedp.WaitVisible(chromedp.CSS(`#addresses tr.addr-row[data-addr="127.0.51.11"][data-states="enabled"]`)),
+	)
+	st := td.status(t, "page-token")
+	if a, b := st.Find("sip", fe1sip), st.Find("web", fe1web); a.State != "enabled" || b.State != "enabled" {
+		t.Errorf("after Enable everywhere: %s %s", a.State, b.State)
+	}
+}

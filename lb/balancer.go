@@ -268,10 +268,7 @@ func (b *Balancer) SetServerState(vs, server string, st State) error {
 		return err
 	}
 	old := r.setState(st)
-	b.log.Info("real server state", "virtual_service", vs, "real_server", server, "state", st.String(), "was", old.String(), "active", r.active.Load())
-	if st == Draining && r.active.Load() == 0 {
-		b.log.Info("real server drained", "virtual_service", vs, "real_server", server)
-	}
+	b.logState(vs, server, st, old, r.active.Load())
 	return nil
 }
 

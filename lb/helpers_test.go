@@ -359,7 +359,13 @@ type udpEcho struct {
 
 func startUDPEcho(t *testing.T, name string) *udpEcho {
 	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return startUDPEchoOn(t, name, loopback)
+}
+
+// startUDPEchoOn is startUDPEcho on a free port of the loopback address ip.
+func startUDPEchoOn(t *testing.T, name string, ip netip.Addr) *udpEcho {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,6 +74,18 @@ function serverClass(rs) {
   return rs.up ? "available" : "down";
 }
 
+// stateText is a real server's state as shown: a draining server with nothing open is
+// "drained" (safe to stop), apart from one still draining its connections.
+function stateText(rs) { return rs.drained ? "drained" : rs.state; }
+
+// ipOf is the IP of a real server's key as the file writes it: "10.11.1.11",
+// "10.11.1.12:4443", "2001:db8::1" or "[2001:db8::1]:4443".
+function ipOf(key) {
+  if (key.startsWith("[")) return key.slice(1, key.indexOf("]"));
+  const parts = key.split(":");
+  return parts.length === 2 ? parts[0] : key;
+}
+
 function fact(label, value, attrs) { return el("span", attrs || {}, label + " ", el("b", {}, value)); }
 
 // placementFacts say what places a new client: the scheduler, or, for a persistent service that
@@ -114,9 +126,10 @@ function renderServer(vs, rs) {
       onclick: () => setState(vs.name, rs.address, action),
     }, label));
   }
-  return el("tr", { class: "rs " + cls, "data-vs": vs.name, "data-rs": rs.address, "data-state": rs.state },
-    el("td", { class: "addr" }, el("i", { class: "dot " + cls }), rs.address),
-    el("td", { class: "state" }, rs.state),
+  const drained = rs.drained ? " drained" : "";
+  return el("tr", { class: "rs " + cls + drained, "data-vs": vs.name, "data-rs": rs.address, "data-state": rs.state },
+    el("td", { class: "addr" }, el("i", { class: "dot " + cls + drained }), rs.address),
+    el("td", { class: "state", title: rs.drained ? "no connection left: safe to stop" : "" }, stateText(rs)),
     el("td", {}, healthCell),
     el("td", { class: "num" }, rs.weight),
     el("td", { class: "num" }, rs.active_connections),
@@ -155,6 +168,59 @@ function renderService(vs) {
   return card;
 }
 
+// renderAddresses is the maintenance panel: each real server's IP with the services it is in,
+// and buttons that drain, disable or enable it in all of them at once (POST
+// /api/v1/real-servers/{address}/{action}), as a Front End is taken out for patching.
+function renderAddresses(st) {
+  const byIP = new Map();
+  for (const vs of st.virtual_services) {
+    for (const rs of vs.real_servers || []) {
+      const ip = ipOf(rs.address);
+      if (!byIP.has(ip)) byIP.set(ip, []);
+      byIP.get(ip).push({ vs: vs.name, rs });
+    }
+  }
+  const rows = [];
+  for (const [ip, list] of byIP) {
+    const states = new Map();
+    let active = 0;
+    for (const { rs } of list) {
+      const s = stateText(rs);
+      states.set(s, (states.get(s) || 0) + 1);
+      active += rs.active_connections;
+    }
+    const summary = [...states].map(([s, n]) => states.size === 1 ? s : s + " in " + n).join(", ");
+    const services = [...new Set(list.map(x => x.vs))];
+    const actions = el("td", { class: "actions" });
+    for (const [action, label, state] of [["drain", "Drain everywhere", "draining"], ["disable", "Disable everywhere", "disabled"], ["enable", "Enable everywhere", "enabled"]]) {
+      actions.append(el("button", {
+        type: "button", disabled: list.every(x => x.rs.state === state),
+        title: label.split(" ")[0] + " " + ip + " in " + services.join(", "),
+        "data-addr": ip, "data-action": action,
+        onclick: () => setAddressState(ip, action),
+      }, label));
+    }
+    rows.push(el("tr", { class: "addr-row", "data-addr": ip, "data-states": summary },
+      el("td", { class: "addr" }, ip),
+      el("td", {}, services.join(", "), el("small", {}, " (" + list.length + (list.length === 1 ? " real server)" : " real servers)"))),
+      el("td", { class: "state" }, summary),
+      el("td", { class: "num" }, active),
+      actions));
+  }
+  document.getElementById("addresses").hidden = rows.length === 0;
+  document.getElementById("address-table").replaceChildren(
+    el("thead", {}, el("tr", {},
+      el("th", {}, "address"), el("th", {}, "virtual services"), el("th", {}, "state"),
+      el("th", { class: "num" }, "active"), el("th", {}, ""))),
+    el("tbody", {}, ...rows));
+}
+
+function showNotice(lines) {
+  const n = document.getElementById("notice");
+  n.replaceChildren(...lines.map(l => el("div", {}, l)));
+  n.hidden = lines.length === 0;
+}
+
 function render(st) {
   const ready = document.getElementById("ready");
   ready.textContent = st.ready ? "ready" : "not ready";
@@ -162,6 +228,7 @@ function render(st) {
   document.getElementById("meta").textContent =
     "version " + st.version + " · " + st.config_file + " · " + (st.config_hash || "").slice(0, 12);
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  renderAddresses(st);
   document.getElementById("services").replaceChildren(...st.virtual_services.map(renderService));
   document.body.dataset.loaded = "true";
 }
@@ -181,6 +248,21 @@ async function setState(vs, rs, action) {
     showError("");
   } catch (e) {
     showError(action + " " + rs + ": " + e.message);
+  }
+  refresh();
+}
+
+// setAddressState sets the state of an address in every virtual service that has it, and says
+// which real servers changed.
+async function setAddressState(ip, action) {
+  try {
+    const out = await api("POST", "/api/v1/real-servers/" + encodeURIComponent(ip) + "/" + action);
+    showNotice(out.real_servers.map(r => r.virtual_service + " " + r.real_server + ": " + r.state +
+      " (was " + r.was + ", active " + r.active_connections + ")"));
+    showError("");
+  } catch (e) {
+    showNotice([]);
+    showError(action + " " + ip + " everywhere: " + e.message);
   }
   refresh();
 }

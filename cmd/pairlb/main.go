@@ -17,7 +17,8 @@ usage:
   pairlb validate -c FILE                     check FILE; print one line per service or every error
   pairlb routes -c FILE show|apply|flush      the policy routing plan, what is installed, the difference
   pairlb status [-c FILE|-admin ADDR] [--json]  services and real servers of the running daemon
-  pairlb server drain|disable|enable VS ADDRESS  set a real server's state in the running daemon
+  pairlb server drain|disable|enable [VS] ADDRESS  set a real server's state (in VS, or everywhere)
+  pairlb server wait-drained ADDRESS [--timeout D]  wait until ADDRESS has nothing open
   pairlb keepalived -c FILE --node NAME       render keepalived.conf for one node of the pair
   pairlb pair check -c FILE                   compare the two nodes of the pair
   pairlb lab [--keep|--clean]                 the Lync lab in network namespaces (root)

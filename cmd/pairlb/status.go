@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/pairlb/pairlb/admin"
@@ -131,36 +133,88 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-const serverUsage = `usage: pairlb server drain|disable|enable VIRTUAL_SERVICE ADDRESS [-admin ADDR] [-c FILE] [-token-file FILE]
+const serverUsage = `usage: pairlb server drain|disable|enable [VIRTUAL_SERVICE] ADDRESS [-admin ADDR] [-c FILE] [-token-file FILE]
+       pairlb server wait-drained ADDRESS [--timeout D] [-admin ADDR] [-c FILE] [-token-file FILE]
 
 Sets a real server's state in the running daemon until the next reload that changes it in the
-file. ADDRESS is the real server as the file writes it: 10.11.1.11 or 10.11.1.12:4443.
-drain and disable take no new connections and leave open ones alone.
+file. drain and disable take no new connections and leave open ones alone.
+
+With VIRTUAL_SERVICE, ADDRESS is the real server as that service's entry writes it: 10.11.1.11
+or 10.11.1.12:4443. Without it, the state is set in every virtual service that has the address,
+at once, and each real server changed is printed on a line of its own: an IP (10.11.1.11) names
+every real server at that IP whatever its port; IP:port (10.11.1.12:4443) only those the file
+writes with that port. An address no service has is an error.
+
+wait-drained waits until no real server ADDRESS names has a connection or UDP session open,
+printing the count when it changes, and exits 0; it exits 1 at once if the address is still
+enabled somewhere, and when --timeout passes first (default: no limit).
 `
+
+// waitDrainedEvery is how often wait-drained asks the daemon.
+const waitDrainedEvery = 500 * time.Millisecond
 
 func cmdServer(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, serverUsage); fs.PrintDefaults() }
 	af := addClientFlags(fs)
+	timeout := fs.Duration("timeout", 0, "wait-drained: give up after D (0: no limit)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
 	}
-	if len(pos) != 3 {
+	if len(pos) == 0 {
 		fs.Usage()
 		return 2
 	}
-	action, vs, rs := pos[0], pos[1], pos[2]
-	if action != "drain" && action != "disable" && action != "enable" {
-		fmt.Fprintf(stderr, "pairlb server: unknown action %q: want drain, disable or enable\n", action)
+	action := pos[0]
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	switch {
+	case action != "drain" && action != "disable" && action != "enable" && action != "wait-drained":
+		fmt.Fprintf(stderr, "pairlb server: unknown action %q: want drain, disable, enable or wait-drained\n", action)
 		return 2
+	case len(pos) != 2 && (len(pos) != 3 || action == "wait-drained"):
+		fs.Usage()
+		return 2
+	case timeoutSet && action != "wait-drained":
+		fmt.Fprintln(stderr, "pairlb server: --timeout is for wait-drained")
+		return 2
+	case *timeout < 0:
+		fmt.Fprintf(stderr, "pairlb server: --timeout %s: want a duration of 0 (no limit) or more\n", *timeout)
+		return 2
+	}
+	if len(pos) == 2 {
+		// The API checks the address too; here a name where the address belongs (a service
+		// without its server, say) is a usage error, before asking anything.
+		if _, _, err := config.ParseRealServerAddr(pos[1]); err != nil {
+			fmt.Fprintf(stderr, "pairlb server: %q: %v: want an address (10.11.1.11 or 10.11.1.12:4443), or VIRTUAL_SERVICE ADDRESS for one service\n\n", pos[1], err)
+			fs.Usage()
+			return 2
+		}
 	}
 	c, err := af.client(fs)
 	if err != nil {
 		fmt.Fprintln(stderr, "pairlb server:", err)
 		return 1
 	}
+	switch {
+	case action == "wait-drained":
+		return waitDrained(c, pos[1], *timeout, stdout, stderr)
+	case len(pos) == 2:
+		ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+		defer cancel()
+		out, err := c.SetAddressState(ctx, pos[1], action)
+		if err != nil {
+			fmt.Fprintln(stderr, "pairlb server:", err)
+			return 1
+		}
+		for _, rs := range out.RealServers {
+			fmt.Fprintf(stdout, "%s %s: %s (was %s, active %d)\n", rs.VirtualService, rs.RealServer, rs.State, rs.Was, rs.Active)
+		}
+		return 0
+	}
+	vs, rs := pos[1], pos[2]
 	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
 	defer cancel()
 	out, err := c.SetServerState(ctx, vs, rs, action)
@@ -170,4 +224,48 @@ func cmdServer(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s %s: %s\n", out.VirtualService, out.RealServer, out.State)
 	return 0
+}
+
+// waitDrained is `pairlb server wait-drained ADDRESS`: admin.Client.WaitDrained with a line
+// each time the count changes, and the final verdict.
+func waitDrained(c *admin.Client, addr string, timeout time.Duration, stdout, stderr io.Writer) int {
+	ctx := context.Background()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	st, err := c.WaitDrained(ctx, addr, waitDrainedEvery, func(st *admin.AddressState) {
+		if st.Active > 0 {
+			fmt.Fprintf(stdout, "%s: %d active (%s)\n", st.Address, st.Active, openOn(st))
+		}
+	})
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) && st != nil:
+		fmt.Fprintf(stderr, "pairlb server wait-drained: %s: still %d active after %s (%s)\n", st.Address, st.Active, timeout, openOn(st))
+		return 1
+	case errors.Is(err, context.DeadlineExceeded):
+		fmt.Fprintf(stderr, "pairlb server wait-drained: %s: --timeout %s passed before the daemon answered: %v\n", addr, timeout, err)
+		return 1
+	case err != nil:
+		fmt.Fprintln(stderr, "pairlb server wait-drained:", err)
+		return 1
+	}
+	services := make([]string, 0, len(st.RealServers))
+	for _, rs := range st.RealServers {
+		services = append(services, rs.VirtualService)
+	}
+	fmt.Fprintf(stdout, "%s: drained: nothing open in %s\n", st.Address, strings.Join(services, ", "))
+	return 0
+}
+
+// openOn lists the real servers of st that have something open: "web 10.11.1.11 2, sip 10.11.1.11:5061 1".
+func openOn(st *admin.AddressState) string {
+	var parts []string
+	for _, rs := range st.RealServers {
+		if rs.Active > 0 {
+			parts = append(parts, fmt.Sprintf("%s %s %d", rs.VirtualService, rs.RealServer, rs.Active))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,7 +100,14 @@ func TestStatusCommand(t *testing.T) {
 		t.Errorf("after server drain: %+v", s)
 	}
 	out.Reset()
-	if code := cmdStatus([]string{"-c", file}, &out, &errb); code != 0 || !strings.Contains(out.String(), a+"  draining") {
+	// Once the balancer has closed the greeting's connection nothing is open on a: drained,
+	// safe to stop.
+	var code int
+	if !testenv.Eventually(10*time.Second, func() bool {
+		out.Reset()
+		code = cmdStatus([]string{"-c", file}, &out, &errb)
+		return code == 0 && strings.Contains(out.String(), a+"  drained")
+	}) {
 		t.Errorf("status after drain: exit %d\n%s", code, out.String())
 	}
 	out.Reset()
@@ -136,5 +146,139 @@ func TestStatusCommand(t *testing.T) {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("status without a daemon took %s", time.Since(start))
+	}
+}
+
+// TestServerByAddress drains a real server's address in every service that has it through
+// `pairlb server drain ADDRESS` against a running pairlb, and waits for its last connection
+// with `pairlb server wait-drained`: it returns once the connection through the balancer
+// closes, and times out, exit 1, while it stays open.
+func TestServerByAddress(t *testing.T) {
+	bin := testenv.Pairlb(t)
+	fe1sip, fe1web := testenv.GreetServer(t, "127.0.41.11:0", "fe1-sip"), testenv.GreetServer(t, "127.0.41.11:0", "fe1-web")
+	fe2 := testenv.GreetServer(t, "127.0.41.12:0", "fe2")
+	sipPort, webPort := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
+	services := fmt.Sprintf(`  - name: sip
+    vip: 127.0.0.1
+    ports: ["%d/tcp"]
+    scheduler: roundrobin
+    health: {type: none}
+    real_servers: [{address: "%s"}, {address: "%s"}]
+`, sipPort, fe1sip, fe2) + testenv.LoopbackService("web", webPort, fe1web) + testenv.LoopbackService("other", testenv.FreeTCPPort(t), fe2)
+	file, apiAddr, _, _ := servePairlb(t, bin, "tok", services)
+	sipVIP, webVIP := fmt.Sprintf("127.0.0.1:%d", sipPort), fmt.Sprintf("127.0.0.1:%d", webPort)
+	testenv.WaitGreeting(t, webVIP, "fe1-web")
+	api := admin.NewClient(apiAddr, []byte("tok"))
+	// The balancer closes the greeting's connection on its own time.
+	if !testenv.Eventually(10*time.Second, func() bool {
+		st, err := api.Status(context.Background())
+		return err == nil && st.Find("web", fe1web) != nil && st.Find("web", fe1web).Active == 0
+	}) {
+		t.Fatal("the greeting's connection through web is still open after 10s")
+	}
+
+	run := func(args ...string) (code int, stdout, stderr string) {
+		var out, errb bytes.Buffer
+		code = cmdServer(append([]string{"-c", file}, args...), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+
+	// The address in both services it is in, one line each; the other server untouched.
+	code, out, errs := run("drain", "127.0.41.11")
+	if want := "sip " + fe1sip + ": draining (was enabled, active 0)\nweb " + fe1web + ": draining (was enabled, active 0)\n"; code != 0 || out != want {
+		t.Fatalf("drain 127.0.41.11: exit %d, %q %q; want %q", code, out, errs, want)
+	}
+	var table bytes.Buffer
+	if code := cmdStatus([]string{"-c", file}, &table, io.Discard); code != 0 {
+		t.Fatal("status failed")
+	}
+	for _, want := range []string{fe1sip + "  drained", fe1web + "  drained", fe2 + "  enabled"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("status after the drain lacks %q:\n%s", want, table.String())
+		}
+	}
+	for i := range 4 {
+		if g, err := testenv.Greeting(sipVIP); err != nil || g != "fe2" {
+			t.Fatalf("new connection %d through sip: %q, %v; want fe2 while fe1 drains", i, g, err)
+		}
+	}
+
+	// IP:port: the one server written with it.
+	if code, out, errs := run("enable", fe1web); code != 0 || out != "web "+fe1web+": enabled (was draining, active 0)\n" {
+		t.Fatalf("enable %s: exit %d, %q %q", fe1web, code, out, errs)
+	}
+
+	// A connection held open through web, then the address drained again.
+	held, err := net.Dial("tcp", webVIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if g, err := bufio.NewReader(held).ReadString('\n'); err != nil || g != "fe1-web\n" {
+		t.Fatalf("held connection: %q, %v", g, err)
+	}
+	if code, out, errs := run("drain", "127.0.41.11"); code != 0 || !strings.Contains(out, "web "+fe1web+": draining (was enabled, active 1)\n") {
+		t.Fatalf("drain with a connection open: exit %d, %q %q", code, out, errs)
+	}
+
+	// It stays open: wait-drained gives up at its timeout, saying what is left.
+	start := time.Now()
+	code, _, errs = run("wait-drained", "127.0.41.11", "--timeout", "1s")
+	if want := "pairlb server wait-drained: 127.0.41.11: still 1 active after 1s (web " + fe1web + " 1)\n"; code != 1 || errs != want {
+		t.Errorf("wait-drained with the connection open: exit %d, %q; want 1, %q", code, errs, want)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("wait-drained --timeout 1s took %s", d)
+	}
+
+	// The connection closes while wait-drained waits: it returns 0.
+	var wout lockedBuffer
+	var werr bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- cmdServer([]string{"-c", file, "wait-drained", "127.0.41.11"}, &wout, &werr) }()
+	if !testenv.Eventually(10*time.Second, func() bool { return strings.Contains(wout.String(), "127.0.41.11: 1 active (web "+fe1web+" 1)\n") }) {
+		t.Fatalf("wait-drained printed %q", wout.String())
+	}
+	select {
+	case code := <-done:
+		t.Fatalf("wait-drained returned %d with the connection open: %q %q", code, wout.String(), werr.String())
+	default:
+	}
+	held.Close()
+	select {
+	case code := <-done:
+		if want := "127.0.41.11: 1 active (web " + fe1web + " 1)\n127.0.41.11: drained: nothing open in sip, web\n"; code != 0 || wout.String() != want {
+			t.Errorf("wait-drained after the close: exit %d, %q %q; want 0, %q", code, wout.String(), werr.String(), want)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("wait-drained did not return within 15s of the last connection closing")
+	}
+
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"drain", "127.0.41.99"}, 1, "real server address 127.0.41.99: in no virtual service"},
+		{[]string{"disable", "127.0.41.11:1"}, 1, "in no virtual service with that port (the file has " + fe1sip + " in sip, " + fe1web + " in web; 127.0.41.11 names all of them)"},
+		{[]string{"wait-drained", "127.0.41.12"}, 1, "real server address 127.0.41.12 in sip, other: still enabled: drain or disable it first"},
+		{[]string{"wait-drained", "127.0.41.99"}, 1, "real server address 127.0.41.99: in no virtual service (404 Not Found)"},
+		{[]string{"wait-drained", "sip"}, 2, `pairlb server: "sip": not an IP address: want an address`},
+		{[]string{"wait-drained", "sip", fe1sip}, 2, "usage: pairlb server"},
+		{[]string{"drain", "127.0.41.11", "--timeout", "1s"}, 2, "--timeout is for wait-drained"},
+		{[]string{"wait-drained", "127.0.41.11", "--timeout", "-1s"}, 2, "--timeout -1s"},
+		{[]string{"explode", "127.0.41.11"}, 2, `unknown action "explode"`},
+	} {
+		if code, _, errs := run(c.args...); code != c.code || !strings.Contains(errs, c.want) {
+			t.Errorf("server %q: exit %d, %q; want %d and %q", c.args, code, errs, c.code, c.want)
+		}
+	}
+	// Nothing of that changed a state.
+	table.Reset()
+	cmdStatus([]string{"-c", file}, &table, io.Discard)
+	for _, want := range []string{fe1sip + "  drained", fe1web + "  drained", fe2 + "  enabled"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("status at the end lacks %q:\n%s", want, table.String())
+		}
 	}
 }
