@@ -27,7 +27,10 @@ type fakeDaemon struct {
 	states   map[string]lb.State // real server -> state set
 	reloads  int
 	reapplys int
-	applyErr error // what Reload and Reapply answer
+	applyErr error    // what Reload and Reapply answer
+	changes  []Change // what an applied Reload changed
+	last     *Reload
+	onDisk   ConfigOnDisk
 }
 
 func newFakeDaemon(token string) *fakeDaemon {
@@ -36,7 +39,7 @@ func newFakeDaemon(token string) *fakeDaemon {
 	if token != "" {
 		cfg.Global.AdminToken = []byte(token)
 	}
-	return &fakeDaemon{cfg: cfg, states: map[string]lb.State{}}
+	return &fakeDaemon{cfg: cfg, states: map[string]lb.State{}, onDisk: ConfigOnDisk{State: OnDiskSame, Hash: cfg.Hash}}
 }
 
 func (f *fakeDaemon) Running() *config.Config {
@@ -76,11 +79,28 @@ func (f *fakeDaemon) SetServerState(vs, rs string, st lb.State) error {
 	return nil
 }
 
-func (f *fakeDaemon) Reload() (*config.Config, error) {
+func (f *fakeDaemon) Reload() (*Reload, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reloads++
-	return f.cfg, f.applyErr
+	if f.applyErr != nil {
+		f.last = Rejected(time.Now(), f.cfg.Path, "rejected-hash", f.cfg, f.applyErr)
+	} else {
+		f.last = Applied(time.Now(), TriggerReload, f.cfg, f.cfg, f.changes)
+	}
+	return f.last, f.applyErr
+}
+
+func (f *fakeDaemon) LastReload() *Reload {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+func (f *fakeDaemon) ConfigOnDisk() ConfigOnDisk {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.onDisk
 }
 
 func (f *fakeDaemon) Reapply() (*config.Config, error) {
