@@ -60,6 +60,7 @@ type HTTPError struct {
 	Status       string // "503 Service Unavailable"
 	// Body is the API's JSON error; empty when the answer held none (/readyz answers text).
 	Body ErrorResponse
+	raw  []byte // the answer as read, for the calls whose error answers hold more (Reload)
 }
 
 func (e *HTTPError) Error() string {
@@ -100,7 +101,7 @@ func (c *Client) do(ctx context.Context, method, path string) ([]byte, error) {
 		return nil, fmt.Errorf("admin API: reading the answer to %s %s: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		e := &HTTPError{Method: method, Path: path, Code: resp.StatusCode, Status: resp.Status}
+		e := &HTTPError{Method: method, Path: path, Code: resp.StatusCode, Status: resp.Status, raw: body}
 		_ = json.Unmarshal(body, &e.Body) // text (/readyz) or not pairlb's: the status says it
 		return nil, e
 	}
@@ -218,13 +219,21 @@ func (c *Client) WaitDrained(ctx context.Context, addr string, interval time.Dur
 	}
 }
 
-// Reload asks POST /api/v1/reload: read the file again and apply it.
-func (c *Client) Reload(ctx context.Context) (*ReloadResult, error) {
-	var out ReloadResult
-	if err := c.doJSON(ctx, http.MethodPost, PathReload, &out); err != nil {
-		return nil, err
+// Reload asks POST /api/v1/reload: read the file again and apply it. The verdict says what
+// changed. A file the daemon rejected gives both its verdict (Result ReloadFailed, with the
+// errors and the configuration that stays) and an *HTTPError; any other failure (nothing
+// listening, a wrong token, an answer that is no verdict) gives a nil verdict.
+func (c *Client) Reload(ctx context.Context) (*Reload, error) {
+	var out Reload
+	err := c.doJSON(ctx, http.MethodPost, PathReload, &out)
+	var he *HTTPError
+	switch {
+	case err == nil:
+		return &out, nil
+	case errors.As(err, &he) && json.Unmarshal(he.raw, &out) == nil && out.Result == ReloadFailed:
+		return &out, err
 	}
-	return &out, nil
+	return nil, err
 }
 
 // Reapply asks POST /api/v1/reapply: apply the running configuration again, reading no file.

@@ -31,7 +31,10 @@ type fakeDaemon struct {
 	active   map[string]int64    // "service server" -> open connections
 	reloads  int
 	reapplys int
-	applyErr error // what Reload and Reapply answer
+	applyErr error    // what Reload and Reapply answer
+	changes  []Change // what an applied Reload changed
+	last     *Reload
+	onDisk   ConfigOnDisk
 }
 
 type fakeService struct {
@@ -46,7 +49,8 @@ func newFakeDaemon(token string) *fakeDaemon {
 		cfg.Global.AdminToken = []byte(token)
 	}
 	return &fakeDaemon{cfg: cfg, states: map[string]lb.State{}, active: map[string]int64{},
-		services: []fakeService{{"web", []string{"198.18.2.11", "198.18.2.12"}}}}
+		services: []fakeService{{"web", []string{"198.18.2.11", "198.18.2.12"}}},
+		onDisk:   ConfigOnDisk{State: OnDiskSame, Hash: cfg.Hash}}
 }
 
 // addService adds a service with servers (their keys) after the others.
@@ -122,11 +126,28 @@ func (f *fakeDaemon) SetServerStateByAddr(a lb.ServerAddr, st lb.State) ([]lb.Se
 	return out, nil
 }
 
-func (f *fakeDaemon) Reload() (*config.Config, error) {
+func (f *fakeDaemon) Reload() (*Reload, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reloads++
-	return f.cfg, f.applyErr
+	if f.applyErr != nil {
+		f.last = Rejected(time.Now(), f.cfg.Path, "rejected-hash", f.cfg, f.applyErr)
+	} else {
+		f.last = Applied(time.Now(), TriggerReload, f.cfg, f.cfg, f.changes)
+	}
+	return f.last, f.applyErr
+}
+
+func (f *fakeDaemon) LastReload() *Reload {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+func (f *fakeDaemon) ConfigOnDisk() ConfigOnDisk {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.onDisk
 }
 
 func (f *fakeDaemon) Reapply() (*config.Config, error) {

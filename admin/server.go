@@ -66,11 +66,19 @@ type Daemon interface {
 	// SetServerStateByAddr sets the run-time state of every real server addr names, in every
 	// virtual service, at once (lb.ErrNotFound when none has it; nothing changes then).
 	SetServerStateByAddr(addr lb.ServerAddr, st lb.State) ([]lb.ServerChange, error)
-	// Reload reads the configuration file again and applies it; Reapply applies the running
-	// configuration again, reading nothing. Both return the configuration in force after, and
-	// on an error leave the running configuration as it was.
-	Reload() (*config.Config, error)
+	// Reload reads the configuration file again and applies it, and returns the verdict (never
+	// nil; Applied or Rejected), which LastReload answers from then on. On an error (a
+	// config.Errors when the file does not validate) the running configuration stays as it was.
+	Reload() (*Reload, error)
+	// Reapply applies the running configuration again, reading nothing, and returns it; on an
+	// error it stays as it was.
 	Reapply() (*config.Config, error)
+	// LastReload is the verdict on the last reading of the file, at start or by Reload; nil
+	// before the first configuration is in force.
+	LastReload() *Reload
+	// ConfigOnDisk compares the file as it is now with the running configuration. It answers
+	// in bounded time whatever the file system does (OnDiskUnknown when it cannot).
+	ConfigOnDisk() ConfigOnDisk
 }
 
 // Options configure a Server.
@@ -526,13 +534,22 @@ func parseAddress(w http.ResponseWriter, s string) (lb.ServerAddr, bool) {
 	return a, true
 }
 
-// handleReload is POST /api/v1/reload: the same as SIGHUP, with the verdict in the answer.
-// A file that does not validate is 422 with one entry per problem; a file that validates but
-// cannot be applied (a port taken, say) is 500. Either way the running configuration stays.
+// handleReload is POST /api/v1/reload: the same as SIGHUP, with the verdict (a Reload) in the
+// answer: what changed, or the errors. A file that does not validate is 422 with one entry per
+// problem; a file that validates but cannot be applied (a port taken, say) is 500. Either way
+// the running configuration stays.
 func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("admin: reload requested", "remote", r.RemoteAddr)
-	cfg, err := s.d.Reload()
-	s.answerApply(w, cfg, err, "reload rejected; the running configuration stays")
+	v, err := s.d.Reload()
+	code := http.StatusOK
+	if err != nil {
+		code = http.StatusInternalServerError
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			code = http.StatusUnprocessableEntity
+		}
+	}
+	writeJSON(w, code, v)
 }
 
 // handleReapply is POST /api/v1/reapply: apply the running configuration again, reading no

@@ -18,11 +18,9 @@ func WriteTable(w io.Writer, st *Status, now time.Time) {
 	if !st.Ready {
 		ready = "NOT READY"
 	}
-	hash := st.ConfigHash
-	if len(hash) > 12 {
-		hash = hash[:12]
-	}
+	hash := shortHash(st.ConfigHash)
 	fmt.Fprintf(w, "pairlb %s, %s, config %s (%s)\n", st.Version, ready, st.ConfigFile, hash)
+	writeConfigState(w, st)
 	if r := st.Routing; r != nil && len(r.Problems) > 0 {
 		fmt.Fprintln(w, "routing: parts of the plan not installed (retried when links or addresses change):")
 		for _, p := range r.Problems {
@@ -130,4 +128,60 @@ func humanBytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// shortHash is a configuration hash as the tables show it.
+func shortHash(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+// writeConfigState says, as the status page's banner does, when the configuration in force is
+// not the file an operator sees: the last reload failed, or the file changed since.
+func writeConfigState(w io.Writer, st *Status) {
+	r := st.LastReload
+	failed := r != nil && r.Result == ReloadFailed
+	if failed {
+		fmt.Fprintf(w, "LAST RELOAD FAILED at %s: %s rejected, the running configuration (%s) stays:\n",
+			r.Time.Format(time.DateTime), r.File, shortHash(r.ConfigHash))
+		for _, e := range r.Errors {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
+	d := st.ConfigOnDisk
+	switch {
+	case d == nil:
+	case d.State == OnDiskDiffers && !(failed && d.Hash == r.RejectedHash): // the rejected file: said above
+		fmt.Fprintf(w, "RUNNING FILE DIFFERS FROM DISK: %s is %s now, the running configuration %s (pairlb reload applies it)\n",
+			st.ConfigFile, shortHash(d.Hash), shortHash(st.ConfigHash))
+	case d.State == OnDiskUnknown:
+		fmt.Fprintf(w, "the file on disk cannot be compared with the running configuration: %s\n", d.Error)
+	}
+}
+
+// WriteReload writes a reload's verdict as `pairlb reload` prints it: what became of the file,
+// then one line per change, or one line per error as `pairlb validate` prints them.
+func WriteReload(w io.Writer, r *Reload) {
+	if r.Result != ReloadOK {
+		fmt.Fprintf(w, "%s rejected; the running configuration (%s) stays:\n", r.File, shortHash(r.ConfigHash))
+		for _, e := range r.Errors {
+			fmt.Fprintln(w, e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%s applied (config %s, was %s)", r.File, shortHash(r.ConfigHash), shortHash(r.PreviousHash))
+	switch len(r.Changes) {
+	case 0:
+		fmt.Fprintf(w, ": %s\n", r.Nothing())
+		return
+	case 1:
+		fmt.Fprintln(w, ", 1 change:")
+	default:
+		fmt.Fprintf(w, ", %d changes:\n", len(r.Changes))
+	}
+	for _, c := range r.Changes {
+		fmt.Fprintln(w, c.String())
+	}
 }

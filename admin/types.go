@@ -1,8 +1,12 @@
 package admin
 
 import (
+	"errors"
+	"fmt"
+	"strings"
 	"time"
 
+	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/health"
 	"github.com/pairlb/pairlb/lb"
 	"github.com/pairlb/pairlb/routing"
@@ -35,6 +39,189 @@ type Status struct {
 	VirtualServices []VirtualService `json:"virtual_services"`
 	// Routing is nil when pairlb changes no kernel state (no CAP_NET_ADMIN, nothing to route).
 	Routing *Routing `json:"routing,omitempty"`
+	// LastReload is the last time the file was read: at start, then at every reload. With
+	// ConfigOnDisk it says whether the configuration in force is the file an operator sees.
+	LastReload   *Reload       `json:"last_reload,omitempty"`
+	ConfigOnDisk *ConfigOnDisk `json:"config_on_disk,omitempty"`
+}
+
+// The results of a reload.
+const (
+	ReloadOK     = "ok"
+	ReloadFailed = "failed"
+)
+
+// The triggers of a Reload.
+const (
+	TriggerStart  = "start"  // the file read by `pairlb run`
+	TriggerReload = "reload" // SIGHUP, `pairlb reload` or POST /api/v1/reload
+)
+
+// Reload is the verdict on a reading of the configuration file: the answer to POST
+// /api/v1/reload (200 when the file was applied; 422 when it does not validate and 500 when it
+// cannot be applied, then with error and errors as every error answer has them) and the
+// status's last_reload.
+type Reload struct {
+	// Result is ReloadOK or ReloadFailed; ConfigHash and VirtualServices are the configuration in
+	// force after, which a failure leaves as it was.
+	ReloadResult
+	Time    time.Time `json:"time"`
+	Trigger string    `json:"trigger"` // TriggerStart or TriggerReload
+	File    string    `json:"file"`
+	// PreviousHash is the configuration an applied file replaced ("" at start).
+	PreviousHash string `json:"previous_hash,omitempty"`
+	// Changes is what an applied file changed, in the order daemon's diff gives them; empty when
+	// it changed nothing (and at start).
+	Changes []Change `json:"changes"`
+	// RejectedHash is the SHA-256 of the file rejected; "" when it could not be read.
+	RejectedHash string   `json:"rejected_hash,omitempty"`
+	Error        string   `json:"error,omitempty"`
+	Errors       []string `json:"errors,omitempty"` // one per problem, as config.Errors renders them
+}
+
+// Applied is the verdict on cfg, now in force in place of prev (nil at start), with what it
+// changed.
+func Applied(at time.Time, trigger string, prev, cfg *config.Config, changes []Change) *Reload {
+	if changes == nil {
+		changes = []Change{}
+	}
+	for i := range changes {
+		changes[i].Text = changes[i].String()
+	}
+	r := &Reload{ReloadResult: ReloadResult{Result: ReloadOK, ConfigHash: cfg.Hash, VirtualServices: len(cfg.VirtualServices)},
+		Time: at, Trigger: trigger, File: cfg.Path, Changes: changes}
+	if prev != nil {
+		r.PreviousHash = prev.Hash
+	}
+	return r
+}
+
+// Nothing is what an applied reload that changed nothing says: whether the file is the one in
+// force already, or differs only in what changes nothing.
+func (r *Reload) Nothing() string {
+	if r.PreviousHash == "" || r.PreviousHash == r.ConfigHash {
+		return "nothing changed (the file is the one in force)"
+	}
+	return "nothing changed (the file differs only in comments, layout or order)"
+}
+
+// Rejected is the verdict on the file at path, whose bytes hash to rejectedHash ("" when it
+// could not be read), refused for err while running stays in force: err's problems one per
+// entry (every problem of a config.Errors, else each line of err).
+func Rejected(at time.Time, path, rejectedHash string, running *config.Config, err error) *Reload {
+	r := &Reload{ReloadResult: ReloadResult{Result: ReloadFailed}, Time: at, Trigger: TriggerReload, File: path,
+		Changes: []Change{}, RejectedHash: rejectedHash, Error: "reload rejected; the running configuration stays"}
+	if running != nil {
+		r.ConfigHash, r.VirtualServices = running.Hash, len(running.VirtualServices)
+	}
+	var errs config.Errors
+	if errors.As(err, &errs) {
+		for _, e := range errs {
+			r.Errors = append(r.Errors, e.Error())
+		}
+	} else if err != nil {
+		r.Errors = strings.Split(err.Error(), "\n")
+	}
+	return r
+}
+
+// The kinds of Change.
+const (
+	ChangeGlobal         = "global_changed"          // Settings: the keys of global
+	ChangeServiceAdded   = "virtual_service_added"   // with its real servers
+	ChangeServiceRemoved = "virtual_service_removed" // with its real servers
+	ChangeServiceChanged = "virtual_service_changed" // Settings: the keys of the service; its real servers are changes of their own
+	ChangeServerAdded    = "real_server_added"
+	ChangeServerRemoved  = "real_server_removed"
+	ChangeServerWeight   = "real_server_reweighted" // Weight
+	ChangeServerEnabled  = "real_server_enabled"    // enabled: true in the file again
+	ChangeServerDisabled = "real_server_disabled"   // enabled: false in the file
+	ChangePairAdded      = "pair_added"
+	ChangePairRemoved    = "pair_removed"
+	ChangePairChanged    = "pair_changed" // Settings: the keys of pair
+)
+
+// Change is one difference between the configuration a reload replaced and the one it put in
+// force.
+type Change struct {
+	Kind           string `json:"kind"` // one of the Change* constants
+	VirtualService string `json:"virtual_service,omitempty"`
+	RealServer     string `json:"real_server,omitempty"` // as the file writes it: 10.11.1.11 or 10.11.1.12:4443
+	// Settings are the keys that changed, as the file writes them ("ports", "health",
+	// "udp.idle_timeout"; "admin_token" when the token file's content changed).
+	Settings []string      `json:"settings,omitempty"`
+	Weight   *WeightChange `json:"weight,omitempty"`
+	// Text is String, for the page; Applied sets it.
+	Text string `json:"text,omitempty"`
+}
+
+// WeightChange is a real server's weight before and after a reload.
+type WeightChange struct {
+	From int `json:"from"`
+	To   int `json:"to"`
+}
+
+// String is the change as the reload's log line and `pairlb reload` say it.
+func (c Change) String() string {
+	settings := strings.Join(c.Settings, ", ")
+	switch c.Kind {
+	case ChangeGlobal:
+		return "global changed: " + settings
+	case ChangeServiceAdded:
+		return "virtual service " + c.VirtualService + " added"
+	case ChangeServiceRemoved:
+		return "virtual service " + c.VirtualService + " removed"
+	case ChangeServiceChanged:
+		return "virtual service " + c.VirtualService + " changed: " + settings
+	case ChangeServerAdded:
+		return "real server " + c.RealServer + " added to " + c.VirtualService
+	case ChangeServerRemoved:
+		return "real server " + c.RealServer + " removed from " + c.VirtualService
+	case ChangeServerWeight:
+		if c.Weight == nil {
+			return "real server " + c.RealServer + " of " + c.VirtualService + " re-weighted"
+		}
+		return fmt.Sprintf("real server %s of %s re-weighted %d -> %d", c.RealServer, c.VirtualService, c.Weight.From, c.Weight.To)
+	case ChangeServerEnabled:
+		return "real server " + c.RealServer + " of " + c.VirtualService + " enabled in the file"
+	case ChangeServerDisabled:
+		return "real server " + c.RealServer + " of " + c.VirtualService + " disabled in the file"
+	case ChangePairAdded:
+		return "pair added"
+	case ChangePairRemoved:
+		return "pair removed"
+	case ChangePairChanged:
+		return "pair changed: " + settings
+	}
+	return strings.TrimSpace(strings.Join([]string{c.Kind, c.VirtualService, c.RealServer, settings}, " "))
+}
+
+// ChangesText is changes on one line, as the reload's log line gives them: "nothing changed"
+// when there are none.
+func ChangesText(changes []Change) string {
+	if len(changes) == 0 {
+		return "nothing changed"
+	}
+	parts := make([]string, len(changes))
+	for i, c := range changes {
+		parts[i] = c.String()
+	}
+	return strings.Join(parts, "; ")
+}
+
+// The states of ConfigOnDisk.
+const (
+	OnDiskSame    = "same"    // the file holds the running configuration
+	OnDiskDiffers = "differs" // the file was changed and not (successfully) reloaded
+	OnDiskUnknown = "unknown" // the file could not be read: Error says why
+)
+
+// ConfigOnDisk compares the configuration file, as it is when the status is asked, with the
+// configuration in force.
+type ConfigOnDisk struct {
+	State string `json:"state"`          // OnDiskSame, OnDiskDiffers or OnDiskUnknown
+	Hash  string `json:"hash,omitempty"` // the file's SHA-256 now
+	Error string `json:"error,omitempty"`
 }
 
 // Routing is the routing plan's state: how many units it has, and those not installed.
@@ -121,8 +308,8 @@ type AddressServer struct {
 	Drained        bool   `json:"drained"` // as RealServer.Drained
 }
 
-// ReloadResult is the answer to POST /api/v1/reload and /api/v1/reapply: the configuration in
-// force after.
+// ReloadResult is the answer to POST /api/v1/reapply, and the start of a Reload: the
+// configuration in force after.
 type ReloadResult struct {
 	Result          string `json:"result"`
 	ConfigHash      string `json:"config_hash"`
@@ -159,6 +346,11 @@ func (s *Server) Status() Status {
 	}
 	if units, problems, ok := s.d.Routing(); ok {
 		st.Routing = newRouting(units, problems)
+	}
+	st.LastReload = s.d.LastReload()
+	if st.ConfigHash != "" {
+		od := s.d.ConfigOnDisk()
+		st.ConfigOnDisk = &od
 	}
 	return st
 }

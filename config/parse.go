@@ -65,11 +65,76 @@ var (
 // admin token, the VRRP secret) with the same checks, reporting their problems at the line of
 // the key that names them.
 func Load(path string) (*Config, error) {
+	cfg, _, err := LoadHash(path)
+	return cfg, err
+}
+
+// LoadHash is Load, with the hash of the bytes it read (what Config.Hash would be) even when
+// they do not validate: the hash of a rejected file, which a reload reports. It is "" when the
+// file could not be read.
+func LoadHash(path string) (*Config, string, error) {
 	data, _, err := readFile(path, MaxConfigSize)
 	if err != nil {
-		return nil, fmt.Errorf("reading the configuration %s: %w", path, err)
+		return nil, "", fmt.Errorf("reading the configuration %s: %w", path, err)
 	}
-	return parse(path, data, true)
+	cfg, err := parse(path, data, true)
+	return cfg, hashOf(data), err
+}
+
+// HashFile is the Config.Hash that Load would give the file at path as it is now, read with
+// Load's checks and bound (a regular file of at most MaxConfigSize) but neither parsed nor
+// timed: it blocks as long as the file system does, so that a caller that must answer in time
+// runs it on a goroutine of its own, one at a time, and no read is ever left behind by a timeout
+// (the daemon's status compares the file with the running configuration so).
+func HashFile(path string) (string, error) {
+	data, _, err := readRegular(path, MaxConfigSize)
+	if err != nil {
+		return "", fmt.Errorf("reading the configuration %s: %w", path, err)
+	}
+	return hashOf(data), nil
+}
+
+// LoadAdmin reads from the configuration file at path only what a command needs to reach the
+// pairlb that runs it: global.admin (DefaultAdmin when absent) and the token of
+// global.admin_token_file (nil without one), with Load's checks of those two keys and of the
+// file's syntax. The rest of the file is not looked at: `pairlb reload` must ask the running
+// pairlb about a file that does not validate, and `pairlb status` keep working while it does
+// not.
+func LoadAdmin(path string) (netip.AddrPort, []byte, error) {
+	data, _, err := readFile(path, MaxConfigSize)
+	if err != nil {
+		return netip.AddrPort{}, nil, fmt.Errorf("reading the configuration %s: %w", path, err)
+	}
+	p := &parser{file: path, files: true}
+	var g Global
+	read, global := false, true
+	if root := p.document(data); root != nil {
+		if f, ok := p.mapping(root, "", topKeys...); ok {
+			read = true
+			n := f.vals["global"]
+			global = n == nil || n.Kind == yaml.MappingNode
+			g = p.global(p.section(f, "global", globalKeys...))
+		}
+	}
+	// The problems that leave the address or the token unknown: any when the file could not be
+	// read as a YAML mapping, else those of the two keys, and global's when it is not a mapping.
+	// An unknown key beside them, or any other mistake, is the daemon's to report.
+	errs := p.errs.final(path, "errors")
+	if read {
+		errs = slices.DeleteFunc(errs, func(e *FieldError) bool {
+			return e.Path != "global.admin" && e.Path != "global.admin_token_file" && (global || e.Path != "global")
+		})
+	}
+	if len(errs) > 0 {
+		return netip.AddrPort{}, nil, errs
+	}
+	return g.Admin, g.AdminToken, nil
+}
+
+// hashOf is Config.Hash for a file's bytes.
+func hashOf(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
 }
 
 // Parse decodes, types, completes and validates the configuration in data; file names it in
@@ -82,8 +147,7 @@ func Parse(file string, data []byte) (*Config, error) {
 
 func parse(file string, data []byte, files bool) (*Config, error) {
 	p := &parser{file: file, files: files}
-	sum := sha256.Sum256(data)
-	cfg := &Config{Path: file, Hash: hex.EncodeToString(sum[:])}
+	cfg := &Config{Path: file, Hash: hashOf(data)}
 	if root := p.document(data); root != nil {
 		p.config(root, cfg)
 	}

@@ -51,12 +51,24 @@ func adminHead(t *testing.T, dir, token string) (head, adminAddr string) {
 // startDaemon serves services (the virtual_services entries as YAML) until the test ends.
 func startDaemon(t *testing.T, token, services string) *testDaemon {
 	t.Helper()
+	return startDaemonLog(t, token, services, nil)
+}
+
+// startDaemonLog is startDaemon with the daemon's log, from level info, written to logTo too
+// (when not nil).
+func startDaemonLog(t *testing.T, token, services string, logTo io.Writer) *testDaemon {
+	t.Helper()
 	dir := t.TempDir()
 	head, addr := adminHead(t, dir, token)
 	td := &testDaemon{file: filepath.Join(dir, "pairlb.yaml"), admin: "http://" + addr, head: head}
 	td.write(t, services)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
+	switch {
+	case logTo != nil && testing.Verbose():
+		log = slog.New(slog.NewTextHandler(io.MultiWriter(logTo, os.Stderr), nil))
+	case logTo != nil:
+		log = slog.New(slog.NewTextHandler(logTo, nil))
+	case testing.Verbose():
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	d, err := New(Options{Log: log, Path: td.file, Version: "dev"})

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
@@ -60,6 +61,8 @@ type Daemon struct {
 
 	mu      sync.Mutex // serialises Reload and Reapply
 	running atomic.Pointer[config.Config]
+	last    atomic.Pointer[admin.Reload] // the verdict on the last reading of the file
+	disk    diskCheck                    // the file on disk against running: disk.go
 }
 
 var errNeedsNetAdmin = errors.New("the configuration sets default gateways, transparent services or manage_addresses, which need CAP_NET_ADMIN; run as root or with that capability")
@@ -72,7 +75,7 @@ func New(opt Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cfg, err := load(log, opt.Path)
+	cfg, _, err := load(log, opt.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -125,6 +128,7 @@ func New(opt Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.metrics.loaded(cfg)
+	d.last.Store(admin.Applied(time.Now(), admin.TriggerStart, nil, cfg, nil))
 	log.Info("configuration loaded", "file", opt.Path, "hash", cfg.Hash, "virtual_services", len(cfg.VirtualServices))
 	return d, nil
 }

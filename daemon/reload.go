@@ -4,18 +4,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
+	"github.com/pairlb/pairlb/admin"
 	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/routing"
 )
 
 // load reads and checks a configuration file as run and every reload take it: parsed and
 // validated by config.Load (which reads the files it names, with their checks), its warnings
-// logged one per line, as validate prints them.
-func load(log *slog.Logger, path string) (*config.Config, error) {
-	cfg, err := config.Load(path)
+// logged one per line, as validate prints them. hash is the file's, also when it is rejected
+// ("" when it could not be read).
+func load(log *slog.Logger, path string) (cfg *config.Config, hash string, err error) {
+	cfg, hash, err = config.LoadHash(path)
 	if err != nil {
-		return nil, err
+		return nil, hash, err
 	}
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration warning", "warning", w.Error())
@@ -23,18 +26,20 @@ func load(log *slog.Logger, path string) (*config.Config, error) {
 	// config.Load has read the token, with its checks, so that validate reports the same
 	// problems as run; a Config made otherwise would run without it.
 	if cfg.Global.AdminTokenFile != "" && cfg.Global.AdminToken == nil {
-		return nil, fmt.Errorf("%s: global.admin_token_file %s was not read (the configuration was not loaded with config.Load)", cfg.Path, cfg.Global.AdminTokenFile)
+		return nil, hash, fmt.Errorf("%s: global.admin_token_file %s was not read (the configuration was not loaded with config.Load)", cfg.Path, cfg.Global.AdminTokenFile)
 	}
-	return cfg, nil
+	return cfg, hash, nil
 }
 
 // Reload reads the file again and applies it. On any error the running configuration stays
-// and every error is logged, one line per problem; on success only the difference is applied.
-// It returns the configuration in force after.
-func (d *Daemon) Reload() (*config.Config, error) {
+// and every error is logged, one line per problem; on success only the difference is applied,
+// and the log line says what changed. The verdict (admin.Applied or admin.Rejected, never nil)
+// is LastReload's from then on.
+func (d *Daemon) Reload() (*admin.Reload, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cfg, err := load(d.log, d.path)
+	prev := d.running.Load()
+	cfg, hash, err := load(d.log, d.path)
 	if err == nil && d.routes == nil && needsRouting(cfg) {
 		err = errNeedsNetAdmin
 	}
@@ -51,12 +56,24 @@ func (d *Daemon) Reload() (*config.Config, error) {
 		for _, e := range errs {
 			d.log.Error("reload rejected", "err", e)
 		}
-		d.log.Error("keeping the running configuration", "file", d.path, "errors", len(errs))
-		return d.running.Load(), err
+		d.log.Error("keeping the running configuration", "file", d.path, "hash", prev.Hash, "rejected_hash", hash, "errors", len(errs))
+		v := admin.Rejected(time.Now(), d.path, hash, prev, err)
+		d.last.Store(v)
+		return v, err
 	}
-	d.log.Info("configuration reloaded", "file", d.path, "hash", cfg.Hash, "virtual_services", len(cfg.VirtualServices))
-	return cfg, nil
+	v := admin.Applied(time.Now(), admin.TriggerReload, prev, cfg, changes(prev, cfg))
+	d.last.Store(v)
+	what := admin.ChangesText(v.Changes)
+	if len(v.Changes) == 0 {
+		what = v.Nothing()
+	}
+	d.log.Info("configuration reloaded", "file", d.path, "hash", cfg.Hash, "previous_hash", prev.Hash,
+		"virtual_services", len(cfg.VirtualServices), "changes", what)
+	return v, nil
 }
+
+// LastReload is the verdict on the last reading of the file: at start, then by Reload.
+func (d *Daemon) LastReload() *admin.Reload { return d.last.Load() }
 
 // Reapply applies the running configuration again, reading nothing: what keepalived's notify
 // script asks for when this node becomes MASTER. The kernel part is what changes: the VIPs

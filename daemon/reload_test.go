@@ -2,17 +2,23 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pairlb/pairlb/admin"
@@ -186,5 +192,181 @@ func TestBoxBuildsFromTheSnapshot(t *testing.T) {
 	b.rebuild()
 	if src, _ := b.source(server); src != netip.MustParseAddr("198.51.100.10") {
 		t.Errorf("after the rebuild for the running configuration: source %s, want .10", src)
+	}
+}
+
+// logBuffer collects a daemon's log while the test reads it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func fileHash(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// TestReloadVerdict: a reload says what it changed, in its answer, its log line and the status;
+// a rejected file gives every error, and the status keeps the running hash and shows the
+// failure; a file edited and not reloaded shows as differing from the running configuration,
+// and one that cannot be read as unknown.
+func TestReloadVerdict(t *testing.T) {
+	a, b := testenv.EchoServer(t, "a"), testenv.EchoServer(t, "b")
+	p1, p2 := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
+	var log logBuffer
+	started := time.Now()
+	td := startDaemonLog(t, "", testenv.LoopbackService("web", p1, a), &log)
+	c := td.client()
+	ctx := context.Background()
+
+	st := td.status(t, "")
+	if r := st.LastReload; r == nil || r.Result != admin.ReloadOK || r.Trigger != admin.TriggerStart || r.ConfigHash != st.ConfigHash ||
+		r.File != td.file || r.Time.Before(started) || len(r.Changes) != 0 {
+		t.Errorf("at start: last_reload %+v", r)
+	}
+	if d := st.ConfigOnDisk; d == nil || *d != (admin.ConfigOnDisk{State: admin.OnDiskSame, Hash: st.ConfigHash}) {
+		t.Errorf("at start: config_on_disk %+v, want same as %s", d, st.ConfigHash)
+	}
+
+	// A good reload: a service added, a real server added to another; re-weighted below.
+	first := st.ConfigHash
+	web := strings.Replace(testenv.LoopbackService("web", p1, a), `real_servers: [{address: "`+a+`"}]`, `real_servers: [{address: "`+a+`"}, {address: "`+b+`", weight: 2}]`, 1)
+	td.write(t, web+testenv.LoopbackService("web2", p2, b))
+	before := time.Now()
+	v, err := c.Reload(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []admin.Change{
+		{Kind: admin.ChangeServerAdded, VirtualService: "web", RealServer: b},
+		{Kind: admin.ChangeServiceAdded, VirtualService: "web2"},
+	}
+	for i := range want {
+		want[i].Text = want[i].String()
+	}
+	if diff := cmp.Diff(want, v.Changes); diff != "" || v.Result != admin.ReloadOK || v.Trigger != admin.TriggerReload ||
+		v.ConfigHash != fileHash(t, td.file) || v.PreviousHash != first || v.VirtualServices != 2 || v.Time.Before(before) {
+		t.Errorf("reload verdict %+v; changes (-want +got):\n%s", v, diff)
+	}
+	line := "changes=\"real server " + b + " added to web; virtual service web2 added\""
+	if !testenv.Eventually(5*time.Second, func() bool { return strings.Contains(log.String(), line) }) {
+		t.Errorf("the reload's log line lacks %s:\n%s", line, log.String())
+	}
+	testenv.WaitGreeting(t, fmt.Sprintf("127.0.0.1:%d", p2), "b")
+	st = td.status(t, "")
+	if r := st.LastReload; r == nil || !cmp.Equal(*r, *v) || st.ConfigHash != v.ConfigHash {
+		t.Errorf("status after the reload: last_reload %+v, config %s; want %+v", r, st.ConfigHash, v)
+	}
+	if d := st.ConfigOnDisk; d == nil || d.State != admin.OnDiskSame {
+		t.Errorf("after the reload: config_on_disk %+v", d)
+	}
+	running := v.ConfigHash
+
+	// The same file again changes nothing, and says so.
+	if v, err := c.Reload(ctx); err != nil || len(v.Changes) != 0 || v.ConfigHash != running {
+		t.Errorf("reload of the same file: %+v, %v", v, err)
+	}
+	if !testenv.Eventually(5*time.Second, func() bool {
+		return strings.Contains(log.String(), `changes="nothing changed (the file is the one in force)"`)
+	}) {
+		t.Errorf("the log does not say that the reload changed nothing:\n%s", log.String())
+	}
+
+	// A rejected file: every error, the running configuration stays, the status says so.
+	td.write(t, web+testenv.LoopbackService("web2", p2, b)+"    bogus_key: 1\n  - name: broken\n    vip: 127.0.0.1\n    ports: [\"70000/tcp\"]\n")
+	rejected := fileHash(t, td.file)
+	v, err = c.Reload(ctx)
+	var he *admin.HTTPError
+	if !errors.As(err, &he) || he.Code != http.StatusUnprocessableEntity || v == nil {
+		t.Fatalf("rejected reload: %+v, %v", v, err)
+	}
+	if v.Result != admin.ReloadFailed || v.ConfigHash != running || v.RejectedHash != rejected || len(v.Errors) != 3 ||
+		!strings.Contains(v.Errors[0], "bogus_key") || !strings.Contains(v.Errors[1], "real_servers") || !strings.Contains(v.Errors[2], "70000/tcp") {
+		t.Errorf("rejected reload verdict: %+v", v)
+	}
+	for _, e := range v.Errors {
+		if !strings.HasPrefix(e, td.file+":") {
+			t.Errorf("error %q does not start with the file and line", e)
+		}
+	}
+	st = td.status(t, "")
+	if r := st.LastReload; r == nil || r.Result != admin.ReloadFailed || !slices.Equal(r.Errors, v.Errors) || r.RejectedHash != rejected || st.ConfigHash != running {
+		t.Errorf("status after the rejected reload: last_reload %+v, config %s; want failed, running %s", r, st.ConfigHash, running)
+	}
+	if d := st.ConfigOnDisk; d == nil || *d != (admin.ConfigOnDisk{State: admin.OnDiskDiffers, Hash: rejected}) {
+		t.Errorf("after the rejected reload: config_on_disk %+v, want differs (%s)", d, rejected)
+	}
+
+	// Edited and not reloaded: the file differs from the running configuration; written back
+	// as it runs, it is the same again.
+	td.write(t, web+testenv.LoopbackService("web2", p2, b)+"# edited\n")
+	if d := td.status(t, "").ConfigOnDisk; d == nil || d.State != admin.OnDiskDiffers || d.Hash != fileHash(t, td.file) {
+		t.Errorf("edited, not reloaded: config_on_disk %+v", d)
+	}
+	td.write(t, web+testenv.LoopbackService("web2", p2, b))
+	if d := td.status(t, "").ConfigOnDisk; d == nil || d.State != admin.OnDiskSame {
+		t.Errorf("written back as it runs: config_on_disk %+v", d)
+	}
+	// A re-weighting reload, then a file that cannot be read.
+	td.write(t, strings.Replace(web, "weight: 2", "weight: 5", 1)+testenv.LoopbackService("web2", p2, b))
+	if v, err := c.Reload(ctx); err != nil || len(v.Changes) != 1 || v.Changes[0].String() != "real server "+b+" of web re-weighted 2 -> 5" {
+		t.Errorf("re-weighting reload: %+v, %v", v, err)
+	}
+	if err := os.Remove(td.file); err != nil {
+		t.Fatal(err)
+	}
+	if d := td.status(t, "").ConfigOnDisk; d == nil || d.State != admin.OnDiskUnknown || !strings.Contains(d.Error, td.file) || !strings.Contains(d.Error, "no such file") {
+		t.Errorf("file removed: config_on_disk %+v", d)
+	}
+}
+
+// TestDiskCheckBounded: a status never waits on the file beyond its bound, and however many
+// statuses ask while the file system holds a read, that read is the only one.
+func TestDiskCheckBounded(t *testing.T) {
+	release := make(chan struct{})
+	var reads atomic.Int32
+	c := diskCheck{read: func(string) (string, error) {
+		if reads.Add(1) == 1 {
+			<-release // a hung mount
+		}
+		return "h", nil
+	}}
+	for range 5 {
+		start := time.Now()
+		_, err := c.hash("/etc/pairlb/pairlb.yaml", 20*time.Millisecond)
+		if err == nil || !strings.Contains(err.Error(), "no answer within 20ms") || !strings.Contains(err.Error(), "/etc/pairlb/pairlb.yaml") {
+			t.Fatalf("a held read: %v", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("a held read took %s to give up", d)
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("%d reads while the first was held, want 1", n)
+	}
+	close(release)
+	// The callers that come as it ends may still share it; the next ones read afresh.
+	if !testenv.Eventually(5*time.Second, func() bool {
+		h, err := c.hash("x", time.Second)
+		return err == nil && h == "h" && reads.Load() >= 2
+	}) {
+		t.Fatalf("no fresh read after the held one ended (%d reads)", reads.Load())
 	}
 }

@@ -200,6 +200,65 @@ func TestStatusPage(t *testing.T) {
 		}
 		t.Logf("screenshot: %s (%d bytes)", path, len(png))
 	}
+
+	checkReloadBanner(t, ctx, td, services)
+}
+
+// checkReloadBanner: the page's banner is red while the last reload failed, with its errors, or
+// while the file on disk is not the running configuration, and gone when they are one again;
+// the header says when the file was last read. services are td's running virtual services.
+// The page is asked to refresh at once after each change rather than waited on for its 2 s.
+func checkReloadBanner(t *testing.T, ctx context.Context, td *testDaemon, services string) {
+	t.Helper()
+	refresh := chromedp.Evaluate[chromedp.Void]("refresh(); true")
+	text := func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return s
+	}
+	runBrowser(t, ctx, "no banner while the file is the running one",
+		chromedp.WaitReady(chromedp.CSS(`#config-banner[data-state="ok"][hidden]`)))
+	if got := text("#last-reload"); !strings.HasPrefix(got, "loaded at start 20") {
+		t.Errorf("the header says %q, want the time of the start", got)
+	}
+
+	td.write(t, services+"  - name: broken\n    vip: 127.0.0.1\n    ports: [\"70000/tcp\"]\n    real_servers: [{address: 127.0.0.1}]\n")
+	if _, err := td.client().Reload(context.Background()); err == nil {
+		t.Fatal("the broken file was applied")
+	}
+	runBrowser(t, ctx, "the banner of a failed reload", refresh,
+		chromedp.WaitVisible(chromedp.CSS(`#config-banner.bad[data-state="failed"]`)))
+	banner := text("#config-banner")
+	for _, want := range []string{"Last reload failed at 20", td.file + " rejected (the file on disk is the one rejected); the running configuration ",
+		td.file + ":", `"70000/tcp": port out of range 1-65535`} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("the banner lacks %q: %q", want, banner)
+		}
+	}
+	if got := text("#last-reload"); !strings.HasSuffix(got, " FAILED") {
+		t.Errorf("the header says %q after the failed reload", got)
+	}
+
+	td.write(t, services+"# a comment\n")
+	if _, err := td.client().Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	runBrowser(t, ctx, "no banner after a good reload", refresh,
+		chromedp.WaitReady(chromedp.CSS(`#config-banner[data-state="ok"][hidden]`)))
+	if got := text("#last-reload"); !strings.HasPrefix(got, "last reload 20") || !strings.HasSuffix(got, " (nothing changed)") {
+		t.Errorf("the header says %q after a reload that changed nothing", got)
+	}
+
+	td.write(t, services+"# edited, not reloaded\n")
+	runBrowser(t, ctx, "the banner of a file edited and not reloaded", refresh,
+		chromedp.WaitVisible(chromedp.CSS(`#config-banner.bad[data-state="differs"]`)))
+	if banner := text("#config-banner"); !strings.Contains(banner, "Running file differs from disk: "+td.file+" is ") ||
+		!strings.Contains(banner, "pairlb reload applies it.") {
+		t.Errorf("the banner says %q", banner)
+	}
 }
 
 // TestStatusPageToken: with a token file, the page asks for the token, keeps it for the tab and

@@ -221,6 +221,63 @@ function showNotice(lines) {
   n.hidden = lines.length === 0;
 }
 
+// isoTime writes a time of the API as the page shows times: 24-hour ISO, local.
+function isoTime(iso) {
+  const d = new Date(iso);
+  if (!iso || isNaN(d)) return "";
+  const p = n => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate()) + " " +
+    p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds());
+}
+
+function shortHash(h) { return (h || "").slice(0, 12); }
+
+// configState is what the banner says of the configuration in force against the file an
+// operator sees: "failed" (the last reload was rejected), "differs" (the file changed since it
+// was loaded), "unknown" (the file cannot be read) or "ok".
+function configState(st) {
+  const r = st.last_reload, d = st.config_on_disk;
+  if (r && r.result === "failed") return "failed";
+  if (d && d.state === "differs") return "differs";
+  if (d && d.state === "unknown") return "unknown";
+  return "ok";
+}
+
+// renderConfig shows the banner, red while the running configuration is not the file on disk or
+// the last reload failed (with its errors), and the last reload in the header.
+function renderConfig(st) {
+  const r = st.last_reload, d = st.config_on_disk;
+  const state = configState(st);
+  const parts = [];
+  if (state === "failed") {
+    const onDisk = d && d.state === "differs" && d.hash === r.rejected_hash ? " (the file on disk is the one rejected)" : "";
+    parts.push(el("div", { class: "title" }, "Last reload failed at " + isoTime(r.time) + ": " + r.file + " rejected" + onDisk +
+      "; the running configuration " + shortHash(r.config_hash) + " stays."));
+    parts.push(el("ul", { class: "errors" }, ...(r.errors || []).map(e => el("li", {}, e))));
+  }
+  if (d && d.state === "differs" && !(state === "failed" && d.hash === r.rejected_hash)) {
+    parts.push(el("div", { class: "title differs" }, "Running file differs from disk: " + st.config_file + " is " + shortHash(d.hash) +
+      " now, the running configuration " + shortHash(st.config_hash) + ". ", el("code", {}, "pairlb reload"), " applies it."));
+  }
+  if (d && d.state === "unknown") {
+    parts.push(el("div", { class: "title" }, "The file on disk cannot be compared with the running configuration: " + d.error));
+  }
+  const banner = document.getElementById("config-banner");
+  banner.className = state === "unknown" ? "warn" : "bad";
+  banner.dataset.state = state;
+  banner.replaceChildren(...parts);
+  banner.hidden = parts.length === 0;
+
+  const last = document.getElementById("last-reload");
+  last.textContent = "";
+  if (r) {
+    const n = (r.changes || []).length;
+    last.textContent = (r.trigger === "start" ? "loaded at start " : "last reload ") + isoTime(r.time) +
+      (r.result === "failed" ? " FAILED" : r.trigger === "start" ? "" : n ? " (" + n + (n === 1 ? " change)" : " changes)") : " (nothing changed)");
+    last.title = (r.changes || []).map(c => c.text).join("\n");
+  }
+}
+
 function render(st) {
   const ready = document.getElementById("ready");
   ready.textContent = st.ready ? "ready" : "not ready";
@@ -229,6 +286,7 @@ function render(st) {
     "version " + st.version + " · " + st.config_file + " · " + (st.config_hash || "").slice(0, 12);
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   renderAddresses(st);
+  renderConfig(st);
   document.getElementById("services").replaceChildren(...st.virtual_services.map(renderService));
   document.body.dataset.loaded = "true";
 }

@@ -1,5 +1,5 @@
 // Command pairlb is the load balancer daemon and its tools: `run` serves a configuration,
-// `validate` checks one. It is the only place where the packages are wired together.
+// `validate` checks one, `reload` makes the running one read its file again. It is the only place where the packages are wired together.
 package main
 
 import (
@@ -17,6 +17,7 @@ usage:
   pairlb validate -c FILE                     check FILE; print one line per service or every error
   pairlb routes -c FILE show|apply|flush      the policy routing plan, what is installed, the difference
   pairlb status [-c FILE|-admin ADDR] [--json]  services and real servers of the running daemon
+  pairlb reload [-c FILE|-admin ADDR]         reload the running daemon's file; print what changed or every error
   pairlb server drain|disable|enable [VS] ADDRESS  set a real server's state (in VS, or everywhere)
   pairlb server wait-drained ADDRESS [--timeout D]  wait until ADDRESS has nothing open
   pairlb keepalived -c FILE --node NAME       render keepalived.conf for one node of the pair
@@ -51,6 +52,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdLabAgent(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "reload":
+		return cmdReload(args[1:], stdout, stderr)
 	case "server":
 		return cmdServer(args[1:], stdout, stderr)
 	case "keepalived":

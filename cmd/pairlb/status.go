@@ -42,13 +42,15 @@ func (f *clientFlags) client(fs *flag.FlagSet) (*admin.Client, error) {
 		}
 	})
 	var addr netip.AddrPort
-	var token []byte // read by config.Load with the file that names it
+	var token []byte // read with the file that names it
 	if *f.admin == "" || (*f.tokenFile == "" && f.configSet) {
-		cfg, err := config.Load(*f.config)
+		// Only the address and the token: the daemon is still asked when the rest of the file
+		// has errors (a reload of a broken file, the status while it is not yet fixed).
+		a, tok, err := config.LoadAdmin(*f.config)
 		if err != nil {
 			return nil, fmt.Errorf("reading the admin address from %s (or give -admin): %w", *f.config, err)
 		}
-		addr, token = cfg.Global.Admin, cfg.Global.AdminToken
+		addr, token = a, tok
 	}
 	if *f.admin != "" {
 		a, err := netip.ParseAddrPort(*f.admin)
