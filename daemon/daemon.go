@@ -10,10 +10,13 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -34,6 +37,8 @@ type Options struct {
 	Log     *slog.Logger
 	Path    string // the configuration file
 	Version string // pairlb's version, in the status and pairlb_build_info
+	// Stderr is where connection_log: {to: stderr} writes; os.Stderr when nil.
+	Stderr io.Writer
 }
 
 // Daemon wires the packages together for `pairlb run`.
@@ -41,6 +46,7 @@ type Daemon struct {
 	log     *slog.Logger
 	path    string
 	version string
+	stderr  io.Writer
 
 	lb     *lb.Balancer
 	health *health.Monitor
@@ -72,7 +78,7 @@ func New(opt Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{log: log, path: opt.Path, version: opt.Version, lb: lb.New(log), reg: prometheus.NewRegistry()}
+	d := &Daemon{log: log, path: opt.Path, version: opt.Version, stderr: cmp.Or[io.Writer](opt.Stderr, os.Stderr), lb: lb.New(log), reg: prometheus.NewRegistry()}
 	d.metrics = newMetrics(d.reg, d.lb, opt.Version)
 	d.health = health.NewMonitor(health.Options{
 		Logger:  log,

@@ -38,7 +38,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	d, err := daemon.New(daemon.Options{Log: log, Path: *path, Version: version})
+	d, err := daemon.New(daemon.Options{Log: log, Path: *path, Version: version, Stderr: stderr})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
