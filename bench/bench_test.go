@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pairlb/pairlb/config"
 )
 
 const wrkSample = `Running 1s test @ http://127.0.0.1:15003/
@@ -76,5 +78,31 @@ func TestUpdateReadme(t *testing.T) {
 	}
 	if err := r.updateReadme(path); err == nil {
 		t.Error("README without markers: want an error")
+	}
+}
+
+// TestPairlbConfigs: both of pairlb's generated configurations are valid, and only
+// pairlb-connlog's turns the connection log on, to a file of the run's directory.
+func TestPairlbConfigs(t *testing.T) {
+	for _, c := range []*candidate{findCandidate("pairlb"), findCandidate("pairlb-connlog")} {
+		e := &proxyEnv{dir: t.TempDir(), maxConns: 1000}
+		if _, err := c.start(e); err != nil {
+			t.Fatal(err)
+		}
+		src, err := os.ReadFile(filepath.Join(e.dir, "pairlb.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Parse("pairlb.yaml", src)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", c.name, err, src)
+		}
+		want := ""
+		if c.name == "pairlb-connlog" {
+			want = filepath.Join(e.dir, "connections.tcplog")
+		}
+		if got := cfg.Global.ConnectionLog.To; got != want || !c.pairlb() {
+			t.Errorf("%s: connection log %q, want %q", c.name, got, want)
+		}
 	}
 }

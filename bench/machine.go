@@ -93,10 +93,14 @@ func describeMachine(o *options, root string) *Machine {
 	}
 	add("go", "go", "version")
 	m.Versions = append(m.Versions, Version{"harness runtime", runtime.Version()})
+	pairlbDone := false
 	for _, c := range o.proxies {
 		switch c {
-		case "pairlb":
-			m.Versions = append(m.Versions, Version{"pairlb", pairlbVersion(o, root)})
+		case "pairlb", "pairlb-connlog":
+			if !pairlbDone {
+				pairlbDone = true
+				m.Versions = append(m.Versions, Version{"pairlb", pairlbVersion(o, root)})
+			}
 		case "haproxy":
 			add("haproxy", "haproxy", "-v")
 		case "nginx":

@@ -63,7 +63,7 @@ func parseFlags() (*options, error) {
 	fs.DurationVar(&o.duration, "duration", 4*time.Second, "duration of one run (bulk and wrk round it to whole seconds)")
 	fs.IntVar(&o.reps, "reps", 3, "repetitions of every (workload, candidate) run")
 	fs.StringVar(&workloads, "workloads", "all", "comma-separated workloads: bulk1,bulk8,connrate,persistent,udp,idle")
-	fs.StringVar(&proxies, "proxies", "direct,pairlb,haproxy,haproxy-splice,nginx", "comma-separated candidates: direct,pairlb,haproxy,haproxy-splice,nginx")
+	fs.StringVar(&proxies, "proxies", "direct,pairlb,haproxy,haproxy-splice,nginx", "comma-separated candidates: direct,pairlb,pairlb-connlog,haproxy,haproxy-splice,nginx")
 	fs.StringVar(&o.out, "out", "", "output directory (default bench/out in the repository, else a temporary directory)")
 	fs.BoolVar(&o.short, "short", false, "smoke run: 1s runs, 1 repetition, 1000 idle connections, no forced-splice HAProxy")
 	fs.BoolVar(&o.profile, "profile", false, "fetch CPU and heap profiles from pairlb's admin address in one extra pairlb run per workload")
@@ -211,7 +211,7 @@ func run() error {
 	defer os.RemoveAll(tmp)
 
 	for _, c := range cands {
-		if c.name == "pairlb" && o.pairlbBin == "" {
+		if c.pairlb() && o.pairlbBin == "" {
 			if o.pairlbBin, err = buildPairlb(root, tmp); err != nil {
 				return err
 			}
@@ -355,9 +355,9 @@ func checkRequirements(o *options, ws []*workload, cands []*candidate) error {
 		case c.name == "nginx":
 			reqs = append(reqs, requirement{what: "nginx", pkg: "nginx-light"},
 				requirement{what: "nginx stream module", pkg: "libnginx-mod-stream", path: nginxStreamModule})
-		case c.name == "pairlb" && o.pairlbBin == "":
+		case c.pairlb() && o.pairlbBin == "":
 			reqs = append(reqs, requirement{what: "go", pkg: "Go toolchain (to build ./cmd/pairlb)"})
-		case c.name == "pairlb":
+		case c.pairlb():
 			reqs = append(reqs, requirement{what: "pairlb binary", pkg: "-pairlb " + o.pairlbBin, path: o.pairlbBin})
 		}
 	}

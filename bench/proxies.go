@@ -27,6 +27,10 @@ type candidate struct {
 
 func (c *candidate) direct() bool { return c.start == nil }
 
+// pairlb reports whether the candidate is pairlb built from this repository, in any of its
+// configurations.
+func (c *candidate) pairlb() bool { return c.name == "pairlb" || c.name == "pairlb-connlog" }
+
 // target is the address a workload's client dials through this candidate.
 func (c *candidate) target(front int) string {
 	if c.direct() {
@@ -51,7 +55,10 @@ const pairlbAdmin = "127.0.0.1:19090"
 
 var allCandidates = []*candidate{
 	{name: "direct", title: "direct", udp: true},
-	{name: "pairlb", title: "pairlb", udp: true, start: startPairlb},
+	{name: "pairlb", title: "pairlb", udp: true, start: startPairlb(false)},
+	// pairlb with the connection log on, to a file in its run directory (on tmpfs with
+	// TMPDIR=/dev/shm): against "pairlb" in the same run, the cost of a line per connection.
+	{name: "pairlb-connlog", title: "pairlb (connection log)", udp: true, start: startPairlb(true)},
 	{name: "haproxy", title: "HAProxy", start: startHAProxy("option splice-auto")},
 	{name: "haproxy-splice", title: "HAProxy (forced splice)", start: startHAProxy("option splice-request\n  option splice-response")},
 	{name: "nginx", title: "nginx stream", udp: true, start: startNginx},
@@ -104,6 +111,7 @@ type configData struct {
 	Splice   string
 	Admin    string
 	Loopback string
+	ConnLog  string // pairlb's connection log file; "" for none
 }
 
 func (e *proxyEnv) data() configData {
@@ -119,6 +127,9 @@ global:
   idle_timeout: 0s
   tcp_keepalive: false
   drain_timeout: 2s
+{{- if .ConnLog}}
+  connection_log: {to: {{.ConnLog}}, format: text}
+{{- end}}
 virtual_services:
 {{- range .TCP}}
   - name: bench-tcp-{{.}}
@@ -138,12 +149,23 @@ virtual_services:
     real_servers: [{address: {{.Loopback}}}]
 `
 
-func startPairlb(e *proxyEnv) (*exec.Cmd, error) {
-	path := filepath.Join(e.dir, "pairlb.yaml")
-	if err := writeConfig(path, pairlbConfig, e.data()); err != nil {
-		return nil, err
+// startPairlb runs pairlb, with the connection log on when connLog is set. The log file is
+// new for every run and not named *.log, which collectLogs would copy into the run's log.
+func startPairlb(connLog bool) func(e *proxyEnv) (*exec.Cmd, error) {
+	return func(e *proxyEnv) (*exec.Cmd, error) {
+		path := filepath.Join(e.dir, "pairlb.yaml")
+		data := e.data()
+		if connLog {
+			data.ConnLog = filepath.Join(e.dir, "connections.tcplog")
+			if err := os.Remove(data.ConnLog); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+		}
+		if err := writeConfig(path, pairlbConfig, data); err != nil {
+			return nil, err
+		}
+		return e.command(e.pairlbBin, "run", "-c", path), nil
 	}
-	return e.command(e.pairlbBin, "run", "-c", path), nil
 }
 
 // HAProxy: one thread, TCP mode. maxpipes is set so that maxconn*2 + pipes*2 fits the

@@ -68,6 +68,40 @@ type Global struct {
 	// AdminHosts are the host names, besides the admin address itself and names that resolve to
 	// loopback, that the admin API accepts in a request's Host header (DNS rebinding).
 	AdminHosts []string
+	// ConnectionLog is where a line per connection goes; off when the file has no
+	// connection_log.
+	ConnectionLog ConnectionLog
+}
+
+// ConnectionLog says where the balancer writes one line per connection and UDP session, and in
+// which format. The zero value is off.
+type ConnectionLog struct {
+	// To is ConnLogStderr, ConnLogSyslog or the absolute path of a file, appended to.
+	To     string
+	Format ConnLogFormat
+}
+
+// The destinations of the connection log that are not a file.
+const (
+	ConnLogStderr = "stderr"
+	ConnLogSyslog = "syslog"
+)
+
+// ConnLogFormat is the form of a connection-log line.
+type ConnLogFormat string
+
+// The formats of the connection log.
+const (
+	ConnLogText ConnLogFormat = "text"
+	ConnLogJSON ConnLogFormat = "json"
+)
+
+// Enabled reports whether connections are logged.
+func (c ConnectionLog) Enabled() bool { return c.To != "" }
+
+// File reports whether the log goes to a file, whose path To is.
+func (c ConnectionLog) File() bool {
+	return c.Enabled() && c.To != ConnLogStderr && c.To != ConnLogSyslog
 }
 
 // Proto is a transport protocol of a virtual-service port.

@@ -48,7 +48,8 @@ const (
 var (
 	topKeys    = []string{"global", "virtual_services", "pair"}
 	globalKeys = []string{"use_default_route_only", "manage_addresses", "admin", "admin_token_file", "admin_hosts",
-		"idle_timeout", "drain_timeout", "dial_timeout", "tcp_keepalive", "reset_on_close", "defer_accept"}
+		"idle_timeout", "drain_timeout", "dial_timeout", "tcp_keepalive", "reset_on_close", "defer_accept", "connection_log"}
+	connLogKeys = []string{"to", "format"}
 	serviceKeys = []string{"name", "vip", "ports", "default_gateway", "scheduler", "persistence",
 		"idle_timeout", "tcp_keepalive", "reset_on_close", "transparent", "subnet_originating",
 		"source_addresses", "access", "sorry_server", "health", "close_on_down", "udp",
@@ -450,6 +451,9 @@ func (p *parser) global(f fields) Global {
 			}
 		}
 	}
+	if f.has("connection_log") {
+		g.ConnectionLog = p.connectionLog(p.section(f, "connection_log", connLogKeys...))
+	}
 	if n := f.vals["admin"]; n != nil && !f.has("admin_token_file") && !g.Admin.Addr().IsLoopback() {
 		switch {
 		case g.Admin.Addr().IsUnspecified():
@@ -460,6 +464,41 @@ func (p *parser) global(f fields) Global {
 		}
 	}
 	return g
+}
+
+// connectionLog reads where the connection log goes and its format. A file's path must be
+// absolute (the daemon runs in /), and Load checks that pairlb may append to it, as run and
+// every reload will: validate then finds what would refuse the start.
+func (p *parser) connectionLog(f fields) ConnectionLog {
+	c := ConnectionLog{Format: ConnLogText}
+	if n := p.required(f, "to"); n != nil {
+		switch v := n.Value; {
+		case v == ConnLogStderr || v == ConnLogSyslog:
+			c.To = v
+		case !filepath.IsAbs(v):
+			p.bad(n, f.at("to"), "want stderr, syslog or the absolute path of a file")
+		default:
+			if p.files {
+				if err := checkLogFile(v); err != nil {
+					p.bad(n, f.at("to"), "%v", err)
+					break
+				}
+			}
+			c.To = v
+		}
+	}
+	if n := p.scalar(f, "format"); n != nil {
+		switch v := ConnLogFormat(n.Value); v {
+		case ConnLogText, ConnLogJSON:
+			c.Format = v
+		default:
+			p.bad(n, f.at("format"), "unknown format (want text or json)")
+		}
+	}
+	if c.To == "" {
+		return ConnectionLog{}
+	}
+	return c
 }
 
 // namedFile checks the name of a file the configuration names.

@@ -90,6 +90,33 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+// TestConnectionLog: the connection log is off without the key, text unless the file says json,
+// and goes to stderr, syslog or a file. Parse reads no file, so a file's directory is Load's
+// check (TestLoadConnectionLogFile).
+func TestConnectionLog(t *testing.T) {
+	for _, tc := range []struct {
+		global string
+		want   ConnectionLog
+		file   bool
+	}{
+		{"", ConnectionLog{}, false},
+		{"global: {connection_log: null}\n", ConnectionLog{}, false},
+		{"global: {connection_log: {to: stderr}}\n", ConnectionLog{To: "stderr", Format: ConnLogText}, false},
+		{"global: {connection_log: {to: syslog, format: json}}\n", ConnectionLog{To: "syslog", Format: ConnLogJSON}, false},
+		{"global: {connection_log: {to: /var/log/pairlb/connections.log, format: text}}\n", ConnectionLog{To: "/var/log/pairlb/connections.log", Format: ConnLogText}, true},
+	} {
+		cfg, err := Parse("test.yaml", []byte(tc.global+services(web)))
+		if err != nil {
+			t.Errorf("%q: %v", tc.global, err)
+			continue
+		}
+		got := cfg.Global.ConnectionLog
+		if got != tc.want || got.Enabled() != (tc.want.To != "") || got.File() != tc.file {
+			t.Errorf("%q: %+v (enabled %v, file %v), want %+v", tc.global, got, got.Enabled(), got.File(), tc.want)
+		}
+	}
+}
+
 // TestFullFile parses the format as the documentation writes it, every key given.
 func TestFullFile(t *testing.T) {
 	src := `global:
@@ -483,6 +510,14 @@ func TestRejects(t *testing.T) {
 		{"mapping as list item", services(`{name: a, vip: 192.0.2.10, ports: [{port: 80}], ` + rs + `}`),
 			"virtual_services[0].ports[0]", "", "want a single value, got a mapping", 2},
 		{"service not a mapping", services(`web`), "virtual_services[0]", "web", "want a mapping", 2},
+		{"connection log not a mapping", "global: {connection_log: stderr}\n" + services(web), "global.connection_log", "stderr", "want a mapping", 1},
+		{"connection log without to", "global: {connection_log: {format: json}}\n" + services(web), "global.connection_log.to", "", "required", 1},
+		{"connection log to a relative file", "global: {connection_log: {to: log/connections.log}}\n" + services(web),
+			"global.connection_log.to", "log/connections.log", "want stderr, syslog or the absolute path of a file", 1},
+		{"connection log format unknown", "global: {connection_log: {to: stderr, format: tcplog}}\n" + services(web),
+			"global.connection_log.format", "tcplog", "unknown format (want text or json)", 1},
+		{"connection log key unknown", "global: {connection_log: {to: stderr, level: info}}\n" + services(web),
+			"global.connection_log", "level", "unknown key (want one of to, format)", 1},
 		{"health not a mapping", services(`{name: a, vip: 192.0.2.10, ports: ["80/tcp"], health: tcp, ` + rs + `}`),
 			"virtual_services[0].health", "tcp", "want a mapping", 2},
 	} {

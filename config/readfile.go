@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -153,3 +155,56 @@ func groupDigits(n int64) string {
 	}
 	return neg + s
 }
+
+// checkLogFile checks that pairlb may append to the connection log at path, as run and every
+// reload open it: an existing file must be a regular file (or /dev/null) that this process may
+// write; otherwise its directory must exist and take a new file. Like a read, the check gives up
+// after ReadTimeout, so that a hung mount never stalls a reload.
+func checkLogFile(path string) error {
+	done := make(chan error, 1)
+	go func() { done <- checkLogFileNow(path) }()
+	t := time.NewTimer(ReadTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("%w within %s (a hung network mount?)", ErrTimeout, ReadTimeout)
+	}
+}
+
+func checkLogFileNow(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil:
+		if path != os.DevNull {
+			if err := checkRegular(fi, math.MaxInt64); err != nil {
+				return err
+			}
+		}
+		if err := syscall.Access(path, accessWrite); err != nil {
+			return fmt.Errorf("not writable by this process: %w", err)
+		}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR):
+		return unwrapPath(err)
+	}
+	dir := filepath.Dir(path)
+	di, err := os.Stat(dir)
+	switch {
+	case err != nil:
+		return fmt.Errorf("directory %s: %w", dir, unwrapPath(err))
+	case !di.IsDir():
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if err := syscall.Access(dir, accessWrite|accessSearch); err != nil {
+		return fmt.Errorf("cannot create the file: directory %s is not writable by this process: %w", dir, err)
+	}
+	return nil
+}
+
+// The modes of access(2) (W_OK, X_OK), which package syscall does not name.
+const (
+	accessSearch = 0x1
+	accessWrite  = 0x2
+)

@@ -172,3 +172,54 @@ func TestLoadConfigFile(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadConnectionLogFile: Load (validate, run and every reload) refuses a connection log that
+// could not be opened for appending, at the line of the key, naming the file and why.
+func TestLoadConnectionLogFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "pairlb.yaml")
+	load := func(to string) error {
+		src := "global:\n  connection_log: {to: " + to + "}\n" + services(web)
+		if err := os.WriteFile(conf, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err := within(t, "Load with connection_log "+to, func() error { _, err := Load(conf); return err })
+		return err
+	}
+	exists := filepath.Join(dir, "connections.log")
+	if err := os.WriteFile(exists, nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	aFile := filepath.Join(dir, "plain")
+	if err := os.WriteFile(aFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, ok := range []string{filepath.Join(dir, "new.log"), exists, os.DevNull} {
+		if err := load(ok); err != nil {
+			t.Errorf("connection log %s: %v", ok, err)
+		}
+	}
+	special := specialFiles(t, 1)
+	cases := []struct{ to, msg string }{
+		{filepath.Join(dir, "missing", "connections.log"), "directory " + filepath.Join(dir, "missing") + ": stat: no such file or directory"},
+		{filepath.Join(aFile, "connections.log"), aFile + " is not a directory"},
+		{special["a directory"], "it is a directory"},
+		{special["a named pipe (FIFO)"], "it is a named pipe (FIFO)"},
+		{"/dev/zero", "it is a character device"},
+	}
+	if os.Geteuid() != 0 {
+		// Root may write anywhere access(2) is asked about, so this case needs another user.
+		ro := filepath.Join(dir, "read-only")
+		if err := os.Mkdir(ro, 0o500); err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases, struct{ to, msg string }{filepath.Join(ro, "connections.log"), "directory " + ro + " is not writable by this process"})
+	}
+	for _, tc := range cases {
+		err := load(tc.to)
+		var errs Errors
+		if !errors.As(err, &errs) || len(errs) != 1 || errs[0].Path != "global.connection_log.to" || errs[0].Line != 2 || errs[0].Value != tc.to || !strings.Contains(errs[0].Msg, tc.msg) {
+			t.Errorf("connection log %s: %v, want one error at line 2 containing %q", tc.to, err, tc.msg)
+		}
+	}
+}

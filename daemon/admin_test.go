@@ -48,18 +48,20 @@ func adminHead(t *testing.T, dir, token string) (head, adminAddr string) {
 	return head + "virtual_services:\n", adminAddr
 }
 
-// startDaemon serves services (the virtual_services entries as YAML) until the test ends.
-func startDaemon(t *testing.T, token, services string) *testDaemon {
+// startDaemon serves services (the virtual_services entries as YAML) until the test ends;
+// global are more lines of the global section ("  key: value\n").
+func startDaemon(t *testing.T, token, services string, global ...string) *testDaemon {
 	t.Helper()
-	return startDaemonLog(t, token, services, nil)
+	return startDaemonLog(t, token, services, nil, global...)
 }
 
 // startDaemonLog is startDaemon with the daemon's log, from level info, written to logTo too
 // (when not nil).
-func startDaemonLog(t *testing.T, token, services string, logTo io.Writer) *testDaemon {
+func startDaemonLog(t *testing.T, token, services string, logTo io.Writer, global ...string) *testDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	head, addr := adminHead(t, dir, token)
+	head = strings.Replace(head, "virtual_services:\n", strings.Join(global, "")+"virtual_services:\n", 1)
 	td := &testDaemon{file: filepath.Join(dir, "pairlb.yaml"), admin: "http://" + addr, head: head}
 	td.write(t, services)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))

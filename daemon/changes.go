@@ -34,6 +34,7 @@ var globalKeys = []fieldKey{
 	{"ResetOnClose", "reset_on_close"},
 	{"DeferAccept", "defer_accept"},
 	{"AdminHosts", "admin_hosts"},
+	{"ConnectionLog", "connection_log"},
 }
 
 // serviceKeys are the fields of config.VirtualService but its name (what matches a service

@@ -10,10 +10,13 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +42,8 @@ type Options struct {
 	// Build labels pairlb_build_info (version, revision, commit time); zero, the version label
 	// is Version.
 	Build buildinfo.Info
+	// Stderr is where connection_log: {to: stderr} writes; os.Stderr when nil.
+	Stderr io.Writer
 }
 
 // Daemon wires the packages together for `pairlb run`.
@@ -46,6 +51,7 @@ type Daemon struct {
 	log     *slog.Logger
 	path    string
 	version string
+	stderr  io.Writer
 
 	lb     *lb.Balancer
 	health *health.Monitor
@@ -79,7 +85,7 @@ func New(opt Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{log: log, path: opt.Path, version: opt.Version, lb: lb.New(log), reg: prometheus.NewRegistry()}
+	d := &Daemon{log: log, path: opt.Path, version: opt.Version, stderr: cmp.Or[io.Writer](opt.Stderr, os.Stderr), lb: lb.New(log), reg: prometheus.NewRegistry()}
 	d.metrics = newMetrics(d.reg, d.lb, opt.Version, opt.Build)
 	d.health = health.NewMonitor(health.Options{
 		Logger:  log,

@@ -111,6 +111,11 @@ func (d *Daemon) Reapply() (*config.Config, error) {
 // Only steps 2 and 3 can fail, and nothing after them is touched when they do. d.mu is held,
 // or the daemon is not running yet.
 //
+// Before step 1 the connection log's sink is opened (connlog.go): a file anew, so that a reload
+// after logrotate moves the log to the new file, except on a re-apply, which keeps the open
+// one. A sink that cannot be opened (a syslog socket that is not there) refuses cfg before
+// anything has changed; the balancer is given the sink once step 3 has succeeded.
+//
 // A part of the routing plan the box's links cannot carry now (a gateway whose link is down or
 // has lost its address) does not stop the configuration: the rest is installed, the manager
 // logs it and retries it when links change, and the status and metrics show it. A box that
@@ -118,14 +123,23 @@ func (d *Daemon) Reapply() (*config.Config, error) {
 // (a VIP and its gateway of different families, say) rejects the file.
 func (d *Daemon) apply(cfg *config.Config) error {
 	prev := d.running.Load()
+	clog, keepLog, err := d.openConnLog(cfg, prev)
+	if err != nil {
+		return err
+	}
 	d.box.planFor(cfg)
 	if err := d.setRouting(cfg); err != nil {
+		closeSink(clog)
 		d.restore(prev)
 		return fmt.Errorf("routing: %w", err)
 	}
 	if err := d.lb.Apply(cfg); err != nil {
+		closeSink(clog)
 		d.restore(prev)
 		return err
+	}
+	if !keepLog {
+		d.lb.SetConnectionLog(clog, cfg.Global.ConnectionLog.Format)
 	}
 	targets := healthTargets(cfg, d.box.source)
 	d.health.Set(targets)

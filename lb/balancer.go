@@ -58,6 +58,8 @@ type Balancer struct {
 
 	evidence     atomic.Pointer[func(service, server, reason string)] // SetEvidenceFunc
 	rcvbufLogged atomic.Bool                                          // newUDPListener: the receive buffer granted
+
+	clog connLog // the connection log (connlog.go): SetConnectionLog, written by a goroutine of Run
 }
 
 // New returns a Balancer with no listeners. It holds no descriptor until Apply: a Balancer
@@ -76,6 +78,7 @@ func New(log *slog.Logger) *Balancer {
 		force:       force,
 		forceCancel: cancel,
 	}
+	b.clog.kick = make(chan struct{}, 1)
 	return b
 }
 
@@ -88,6 +91,9 @@ var ErrStopping = errors.New("balancer is stopping")
 // also when ctx has ended before Run was called. Work that Apply left for the loops before Run
 // (listeners to watch, connections queued in their backlog) waits for it.
 func (b *Balancer) Run(ctx context.Context) {
+	// The connection log's writer starts before the loops and stops after them (shutdown's
+	// last step), so that it writes the line of every connection the loops closed.
+	b.clog.start(b.log)
 	b.mu.Lock()
 	b.running = true
 	b.runLoops(b.loops)
@@ -162,6 +168,7 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	for _, lp := range b.loops {
 		lp.close()
 	}
+	b.clog.stop()
 	b.log.Info("balancer stopped")
 }
 

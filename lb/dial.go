@@ -20,6 +20,9 @@ type dialPlan struct {
 	cur    *realServer // the server of the attempt under way; nil for the sorry server
 	sorry  bool        // the sorry server has been tried
 	quiet  bool        // finding no destination is not a drop (a UDP session that stays put)
+	// outcome is why next found no destination (no_server or dial_failed), for the
+	// connection log; set with the drop it counts.
+	outcome endReason
 }
 
 // next returns the next destination and the local address to leave from, with the real
@@ -45,8 +48,10 @@ func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
 	}
 	if len(p.tried) > 0 || svc.cfg.HasSorryServer() {
 		svc.stats.drop(DropDialFailed, 1)
+		p.outcome = endDialFailed
 	} else {
 		svc.stats.drop(DropNoServer, 1)
+		p.outcome = endNoServer
 	}
 	return netip.AddrPort{}, netip.AddrPort{}, false
 }

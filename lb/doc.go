@@ -24,6 +24,7 @@
 //	service.go     service: one virtual service's run-time form; scheduling and access
 //	server.go      realServer: one pool member; health evidence
 //	stats.go       the drop reasons and a service's counters
+//	connlog.go     the connection log: the end reasons, the loops' queue, the writer
 //	sockets.go     opening sockets: bindVIP, listening, dialling, socket options
 //	sys.go         the loops' raw system calls and socket addresses
 //	mmsg.go        msgBatch: recvmmsg and sendmmsg batches
@@ -93,4 +94,6 @@
 //     session ends, on their loop; the redirectors' goroutines return.
 //  6. Stop the loops, wait for loopWG, close the loops' descriptors. The loops go last because
 //     every step before them closes things by a task on a loop.
+//  7. Stop the connection log's writer: it writes the lines the loops queued, the last ones
+//     included, and closes its sink.
 package lb

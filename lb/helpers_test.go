@@ -168,7 +168,7 @@ func startBalancer(t *testing.T, cfg *config.Config) (*Balancer, context.CancelF
 func checkNoBalancerGoroutines(t *testing.T) {
 	t.Helper()
 	markers := []string{"lb.(*tcpListener)", "lb.(*udpListener)", "lb.(*udpSession)", "lb.(*tcpConn)",
-		"lb.(*Balancer)", "lb.(*redirectListener)", "lb.(*loop)"}
+		"lb.(*Balancer)", "lb.(*redirectListener)", "lb.(*loop)", "lb.(*connLog)"}
 	var last string
 	for range 50 {
 		buf := make([]byte, 1<<20)

@@ -300,7 +300,7 @@ func (lp *loop) sweepConns(now int64) {
 
 // closeConns closes every open connection: the drain deadline has passed.
 func (lp *loop) closeConns() {
-	lp.timers.eachConn(func(c *tcpConn) { c.close() })
+	lp.timers.eachConn(func(c *tcpConn) { c.close(endDrainTimeout) })
 }
 
 // udpState returns the loop's UDP state, made with the loop's first UDP listener.

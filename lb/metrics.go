@@ -26,6 +26,8 @@ type collector struct {
 	persistEntries    *prometheus.Desc
 	persistMax        *prometheus.Desc
 	persistEvictions  *prometheus.Desc
+	connLogLines      *prometheus.Desc
+	connLogDropped    *prometheus.Desc
 }
 
 // NewCollector returns a collector of b's per-service and per-real-server metrics, to register
@@ -74,13 +76,18 @@ func NewCollector(b *Balancer) prometheus.Collector {
 			"Bound of the source-IP persistence table of a virtual service (persistence.max_entries).", vs, nil),
 		persistEvictions: prometheus.NewDesc("pairlb_persistence_evictions_total",
 			"Persistence entries forgotten to make room for a new client while the table was full (not expiries).", vs, nil),
+		connLogLines: prometheus.NewDesc("pairlb_connection_log_lines_total",
+			"Lines written to the connection log (global.connection_log), one per TCP connection and UDP session.", nil, nil),
+		connLogDropped: prometheus.NewDesc("pairlb_connection_log_dropped_total",
+			"Connection-log lines lost, by reason: queue_full (the writer fell behind; forwarding never waits for it), write_failed (the file or syslog refused them).",
+			[]string{"reason"}, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.connections, c.active, c.serverConnections, c.serverActive,
 		c.serverUp, c.serverState, c.serverWeight, c.bytes, c.dropped, c.udpSessions, c.udpMoves,
-		c.persistEntries, c.persistMax, c.persistEvictions} {
+		c.persistEntries, c.persistMax, c.persistEvictions, c.connLogLines, c.connLogDropped} {
 		ch <- d
 	}
 }
@@ -93,6 +100,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	if c.b.clog.used() {
+		counter(c.connLogLines, c.b.clog.written.Load())
+		for i := range numLostCauses {
+			counter(c.connLogDropped, c.b.clog.lost[i].Load(), lostCauseNames[i])
+		}
 	}
 	for _, s := range c.b.Status() {
 		for _, p := range s.Ports {

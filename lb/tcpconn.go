@@ -38,7 +38,10 @@ type tcpConn struct {
 	// its destination.
 	note       bool
 	lastActive int64 // unix ns
-	stopDown   func() bool
+	start      int64 // unix ns of the accept, for the connection log
+	// fin is the side whose peer ended its direction first, plus one; 0 while neither has.
+	fin      int8
+	stopDown func() bool
 
 	// The timer wheel's: the connection's deadline (unix ns, 0 for none), its neighbours on its
 	// list.
@@ -79,6 +82,7 @@ type direction struct {
 	eof      bool  // the source has ended
 	done     bool  // ended and the destination told (shut down or about to close)
 	total    *atomic.Uint64
+	moved    uint64 // bytes read from the source, for the connection log
 }
 
 func (h *direction) pending() bool { return h.end > h.off || h.inPipe > 0 }
@@ -93,7 +97,7 @@ func newTCPConn(lp *loop, b *Balancer, bnd *binding, fd int, client netip.AddrPo
 	svc, st := bnd.svc, bnd.svc.stats
 	b.connWG.Add(1) // before shutdown's Wait: shutdown waits for the loops to stop accepting
 	st.active.Add(1)
-	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, hop: hop, note: note}
+	c := &tcpConn{lp: lp, b: b, bnd: bnd, fd: [2]int{fd, -1}, lastActive: lp.now, start: lp.now, hop: hop, note: note}
 	c.plan = dialPlan{b: b, bnd: bnd, client: client}
 	c.dir[sideClient].total, c.dir[sideServer].total = &st.bytesIn, &st.bytesOut
 	c.ready[sideClient] = canWrite
@@ -104,7 +108,7 @@ func newTCPConn(lp *loop, b *Balancer, bnd *binding, fd int, client netip.AddrPo
 			st.logs.write(b.log, logConnDropped, n, "virtual_service", svc.cfg.Name, "err", err)
 		}
 		c.reset = true
-		c.close()
+		c.close(endLocalError)
 		return
 	}
 	c.dialNext()
@@ -119,13 +123,14 @@ func (c *tcpConn) dialNext() {
 			c.unavailable()
 			return
 		}
+		c.dialTo = to // for the connection log also when the dial fails at once
 		fd, err := dialTCP(local, to, c.bnd.svc.cfg.Transparent, c.bnd.svc.cfg.TCPKeepalive)
 		if err == nil && (c.note || c.b.toListener(to, true)) {
 			c.self = c.b.noteSelf(fd, to, c.hop)
 		}
 		if err == nil {
 			if err = c.lp.add(fd, connEvents, c, sideServer); err == nil {
-				c.fd[sideServer], c.dialTo, c.dialing = fd, to, true
+				c.fd[sideServer], c.dialing = fd, true
 				c.ready[sideServer] = 0
 				var deadline int64
 				if d := c.bnd.global.DialTimeout; d > 0 {
@@ -167,7 +172,7 @@ func (c *tcpConn) unavailable() {
 	redirect := c.bnd.svc.cfg.UnavailableRedirect
 	if redirect == "" {
 		c.reset = true
-		c.close()
+		c.close(c.plan.outcome)
 		return
 	}
 	fd := c.fd[sideClient]
@@ -192,7 +197,7 @@ func (c *tcpConn) unavailable() {
 			serveUnavailable(nc, redirect)
 		}()
 	}
-	c.close()
+	c.close(c.plan.outcome)
 }
 
 func (c *tcpConn) handle(_ *loop, side int8, ev uint32) {
@@ -232,7 +237,7 @@ func (c *tcpConn) connected() {
 	c.real = c.plan.succeeded()
 	if c.real != nil && c.bnd.svc.cfg.CloseOnDown {
 		lp := c.lp
-		c.stopDown = context.AfterFunc(c.real.downContext(), func() { lp.post(c.close) })
+		c.stopDown = context.AfterFunc(c.real.downContext(), func() { lp.post(func() { c.close(endServerDown) }) })
 	}
 }
 
@@ -246,7 +251,11 @@ func (c *tcpConn) pump() {
 		return
 	}
 	if c.dir[sideClient].done && c.dir[sideServer].done {
-		c.close()
+		why := endClientClosed
+		if c.fin == sideServer+1 {
+			why = endServerClosed
+		}
+		c.close(why)
 	}
 }
 
@@ -261,7 +270,7 @@ func (c *tcpConn) move(d int) bool {
 				return true // EPOLLOUT on dst resumes
 			}
 			if err := c.flush(h, dst); err != nil {
-				c.close()
+				c.close(resetBy(dst))
 				return false
 			}
 			if h.pending() {
@@ -286,9 +295,9 @@ func (c *tcpConn) move(d int) bool {
 			c.lp.continueLater(c)
 			return true
 		}
-		n, err := c.fill(h, src, dst)
-		if err != nil {
-			c.close()
+		n, failed := c.fill(h, src, dst)
+		if failed != endNone {
+			c.close(failed)
 			return false
 		}
 		budget -= n
@@ -296,8 +305,9 @@ func (c *tcpConn) move(d int) bool {
 }
 
 // fill reads what src has (or splices it into the pipe) and writes it to dst at once. It
-// returns the bytes read; an end of src sets eof.
-func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
+// returns the bytes read, and how the connection ended if a socket failed (the side that failed
+// is the reason); an end of src sets eof.
+func (c *tcpConn) fill(h *direction, src, dst int) (int, endReason) {
 	var n int
 	var errno unix.Errno
 	if h.pipe != nil {
@@ -308,20 +318,27 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 	switch {
 	case errno == unix.EAGAIN:
 		c.ready[src] &^= canRead
-		return 0, nil
+		return 0, endNone
 	case errno == unix.EINTR:
-		return 0, nil
+		return 0, endNone
 	case errno != 0:
-		return 0, errno
+		return 0, resetBy(src)
 	case n == 0:
 		h.eof = true
-		return 0, nil
+		if c.fin == 0 {
+			c.fin = int8(src) + 1
+		}
+		return 0, endNone
 	}
 	h.total.Add(uint64(n)) // counted before the peer can see it, for readers of the counters
+	h.moved += uint64(n)
 	c.lastActive, h.last = c.lp.now, c.lp.now
 	if h.pipe != nil {
 		h.inPipe = n
-		return n, c.flush(h, dst)
+		if c.flush(h, dst) != nil {
+			return n, resetBy(dst)
+		}
+		return n, endNone
 	}
 	if n == len(c.lp.scratch) {
 		// Bulk: splice from now on. Without a pipe (descriptor limit) the buffer carries on.
@@ -341,14 +358,14 @@ func (c *tcpConn) fill(h *direction, src, dst int) (int, error) {
 	case unix.EAGAIN, unix.EINTR:
 		w = 0
 	default:
-		return n, errno
+		return n, resetBy(dst)
 	}
 	if w < n {
 		c.ready[dst] &^= canWrite
 		h.pend = bufPool.Get().(*[]byte)
 		h.off, h.end = 0, copy(*h.pend, c.lp.scratch[w:n])
 	}
-	return n, nil
+	return n, endNone
 }
 
 // flush writes what direction h holds to dst until it is empty or dst would block.
@@ -387,12 +404,17 @@ func (c *tcpConn) flush(h *direction, dst int) error {
 	return nil
 }
 
-// close closes both sockets and gives back everything the connection holds.
-func (c *tcpConn) close() {
+// close closes both sockets and gives back everything the connection holds; why is how it
+// ended, for the connection log.
+func (c *tcpConn) close(why endReason) {
 	if c.closed {
 		return
 	}
 	c.closed = true
+	if l := &c.b.clog; l.on.Load() {
+		l.put(&connRecord{svc: &c.bnd.svc.cfg.Name, start: c.start, end: c.lp.now, client: c.plan.client, server: c.dialTo,
+			in: c.dir[sideClient].moved, out: c.dir[sideServer].moved, port: c.bnd.port.Listen, reason: why})
+	}
 	reset := c.reset || (c.idled && c.bnd.svc.cfg.ResetOnClose)
 	for side, fd := range c.fd {
 		if fd < 0 {
@@ -454,7 +476,7 @@ func (c *tcpConn) expired(now int64) {
 		c.dialFailed(fmt.Errorf("connect %s: %w", c.dialTo, os.ErrDeadlineExceeded))
 	case idle > 0 && now-c.lastActive >= int64(idle):
 		c.idled = true
-		c.close()
+		c.close(endIdleTimeout)
 	default:
 		c.armIdle()
 	}

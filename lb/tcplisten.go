@@ -196,11 +196,13 @@ func (l *tcpListener) admit(lp *loop, fd int, client netip.AddrPort) {
 	hop, note := b.hopTCP(fd, client, l.key.addr)
 	if b.isLoop(hop) {
 		b.loopRefused(svc, bnd.port.String(), client)
+		b.logRefused(lp, bnd, client, endLoopRefused)
 		resetFD(fd)
 		return
 	}
 	if !svc.allowed(client.Addr()) {
 		st.drop(DropAccessDenied, 1)
+		b.logRefused(lp, bnd, client, endAccessDenied)
 		resetFD(fd)
 		return
 	}

@@ -164,7 +164,7 @@ func (l *udpListener) abort() {
 	}
 	l.lp.post(func() {
 		for _, s := range l.sessions {
-			s.close()
+			s.close(endDrainTimeout) // only a stop aborts a listener with sessions
 		}
 		l.closeIfIdle()
 	})
@@ -221,8 +221,12 @@ func (l *udpListener) sweep(now int64) {
 	for s := l.oldest; s != nil && now-s.last >= shortest; {
 		l.swept++
 		next := s.newer
-		if now-s.last >= l.idleTimeout(s.svc) {
-			s.close()
+		if quiet := now - s.last; quiet >= l.idleTimeout(s.svc) {
+			why := endIdleTimeout
+			if quiet < int64(s.svc.cfg.UDPIdleTimeout) {
+				why = endShutdown // the stop's shorter timeout
+			}
+			s.close(why)
 		}
 		s = next
 	}
@@ -363,6 +367,7 @@ func (l *udpListener) forward(lp *loop, n int) {
 			}
 		}
 		st.bytesIn.Add(size)
+		g.s.in += size
 	}
 }
 
@@ -384,7 +389,7 @@ func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
 	}
 	svc, client := bnd.svc, s.client
 	if !svc.allowed(client.Addr()) {
-		s.close()
+		s.close(endAccessDenied)
 		svc.stats.drop(DropAccessDenied, 1)
 		return nil
 	}
@@ -393,7 +398,7 @@ func (l *udpListener) move(lp *loop, bnd *binding, s *udpSession) *udpSession {
 		s.retry = lp.now + moveRetry
 		return s
 	}
-	s.end()
+	s.end(endMoved)
 	ns := l.open(lp, bnd, client, fd, r, false, s.hop, s.note)
 	if ns == nil {
 		l.closeIfIdle()
@@ -469,7 +474,8 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 		l.mu.Unlock()
 		return reject(DropUDPTableFull)
 	}
-	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, checked: lp.now, self: self, hop: hop, note: note}
+	s := &udpSession{l: l, client: client, fd: fd, svc: svc, server: r, last: lp.now, checked: lp.now, self: self, hop: hop, note: note,
+		start: lp.now, dstPort: to.Port()}
 	if err := lp.add(fd, unix.EPOLLIN, s, 0); err != nil {
 		l.mu.Unlock()
 		if k, ok := st.logs.allow(logUDPSessionDropped, lp.now); ok {
@@ -492,7 +498,7 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 	l.mu.Unlock()
 
 	if r != nil && svc.cfg.CloseOnDown {
-		s.stopDown = context.AfterFunc(r.downContext(), func() { lp.post(s.close) })
+		s.stopDown = context.AfterFunc(r.downContext(), func() { lp.post(func() { s.close(endServerDown) }) })
 	}
 	return s
 }

@@ -19,6 +19,12 @@ type udpSession struct {
 	stopDown func() bool // close_on_down's watch, if any
 	closed   bool
 
+	// For the connection log: when the session began, the bytes each way (client to server,
+	// server to client) and the port of its destination, whose address is the server's.
+	start   int64
+	in, out uint64
+	dstPort uint16
+
 	checked  int64  // the loop round (lp.now) in which the session was last checked for a move
 	retry    int64  // when to look again for a better destination (see moveRetry)
 	rxqDrops uint32 // the socket's count of dropped datagrams when last read (SO_RXQ_OVFL)
@@ -77,7 +83,7 @@ func (s *udpSession) handle(lp *loop, _ int8, _ uint32) {
 			s.l.b.suspect(s.svc.cfg.Name, s.server, evidenceUDPRefused, lp.now)
 			continue
 		default:
-			s.close() // a hard error
+			s.close(endServerReset) // a hard error: an ICMP error other than port unreachable
 			return
 		}
 		if d := b.overflow(n, &s.rxqDrops); d > 0 {
@@ -119,25 +125,38 @@ func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
 		}
 	}
 	st.bytesOut.Add(size)
+	s.out += size
 }
 
-// close ends the session: idle, its server down with close_on_down, or the listener aborted.
-func (s *udpSession) close() {
+// close ends the session, for the reason why: idle, its server down with close_on_down, the
+// listener aborted.
+func (s *udpSession) close(why endReason) {
 	if s.closed {
 		return
 	}
-	s.end()
+	s.end(why)
 	s.l.closeIfIdle()
 }
 
 // end closes the session's socket and gives back everything it holds, leaving the listener
-// open even if this was its last session (see move).
-func (s *udpSession) end() {
+// open even if this was its last session (see move); why is how it ended, for the connection
+// log.
+func (s *udpSession) end(why endReason) {
 	if s.closed {
 		return
 	}
 	s.closed = true
 	l, st := s.l, s.svc.stats
+	if c := &l.b.clog; c.on.Load() {
+		var server netip.AddrPort
+		if s.server != nil {
+			server = netip.AddrPortFrom(s.server.addr, s.dstPort)
+		} else {
+			server = netip.AddrPortFrom(s.svc.cfg.SorryServer.Addr(), s.dstPort)
+		}
+		c.put(&connRecord{svc: &s.svc.cfg.Name, start: s.start, end: l.lp.now, client: s.client, server: server,
+			in: s.in, out: s.out, port: l.key.addr.Port(), udp: true, reason: why})
+	}
 	l.lp.forget(s.fd)
 	sysClose(s.fd)
 	if s.self.IsValid() {

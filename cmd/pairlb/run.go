@@ -40,7 +40,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	defer signal.Stop(hup)
 
 	build := buildinfo.Read(version)
-	d, err := daemon.New(daemon.Options{Log: log, Path: *path, Version: build.String(), Build: build})
+	d, err := daemon.New(daemon.Options{Log: log, Path: *path, Version: build.String(), Build: build, Stderr: stderr})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
