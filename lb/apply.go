@@ -138,8 +138,11 @@ func (b *Balancer) Apply(cfg *config.Config) error {
 		}
 		if handedOver[k] {
 			b.log.Info("listener changes kind", "listener", k.String())
-			if t, ok := l.(*tcpListener); ok {
-				t.handOver()
+			switch h := l.(type) {
+			case *tcpListener:
+				h.handOver()
+			case *redirectListener:
+				h.handOver()
 			}
 		} else {
 			b.log.Info("listener removed", "listener", k.String())

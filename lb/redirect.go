@@ -36,8 +36,11 @@ type redirectListener struct {
 	cur atomic.Pointer[binding]
 	// adopted: the socket was a forwarding listener's (a reload changed the kind); start
 	// resets what that listener set on it.
-	adopted  bool
-	readPeak atomic.Int64 // the most bytes read from one connection, for the tests
+	adopted bool
+	// handedOver: a successor of the other kind shares the socket, and this redirector has
+	// stopped accepting from it (handOver).
+	handedOver atomic.Bool
+	readPeak   atomic.Int64 // the most bytes read from one connection, for the tests
 }
 
 // redirectMaxConns bounds the connections one redirector holds at once. Each costs at most
@@ -75,10 +78,23 @@ func (r *redirectListener) retire() {
 		defer r.b.acceptWG.Done()
 		ctx, cancel := context.WithTimeout(r.b.force, 10*time.Second)
 		defer cancel()
-		if err := r.srv.Shutdown(ctx); err != nil {
+		// After handOver, Shutdown's error is that of closing the listener a second time; its
+		// requests have finished all the same.
+		if err := r.srv.Shutdown(ctx); ctx.Err() != nil || (err != nil && !r.handedOver.Load()) {
 			_ = r.srv.Close()
 		}
 	}()
+}
+
+// handOver stops the redirector accepting, before its successor of the other kind starts on
+// the socket they share: retire's Shutdown runs on a goroutine of its own, and until it closed
+// the listener, http.Server could still take a client that connected after Apply returned and
+// answer it as a redirector. Closing this descriptor leaves the socket open (the successor
+// holds a duplicate), and Go's Close returns only once no accept is under way on it. The
+// requests in flight finish as retire lets them.
+func (r *redirectListener) handOver() {
+	r.handedOver.Store(true)
+	_ = r.lim.Close()
 }
 
 // abort closes everything now. http.Server.Close closes only the listeners it serves, so the
@@ -90,7 +106,7 @@ func (r *redirectListener) abort() {
 
 func (r *redirectListener) serve() {
 	defer r.b.acceptWG.Done()
-	if err := r.srv.Serve(r.lim); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := r.srv.Serve(r.lim); err != nil && !errors.Is(err, http.ErrServerClosed) && !r.handedOver.Load() {
 		r.b.log.Error("redirector stopped", "listener", r.key.String(), "err", err)
 	}
 }
