@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -27,7 +28,7 @@ type clientFlags struct {
 
 func addClientFlags(fs *flag.FlagSet) *clientFlags {
 	return &clientFlags{
-		admin:     fs.String("admin", "", "admin address host:port (default: global.admin of -c FILE)"),
+		admin:     fs.String("admin", "", "admin address host:port (default: global.admin of -c FILE, or "+config.DefaultAdmin+" when the default file does not exist)"),
 		config:    fs.String("c", defaultConfig, "configuration file to read global.admin and global.admin_token_file from"),
 		tokenFile: fs.String("token-file", "", "file holding the admin bearer token (default: global.admin_token_file of -c FILE)"),
 	}
@@ -47,10 +48,16 @@ func (f *clientFlags) client(fs *flag.FlagSet) (*admin.Client, error) {
 		// Only the address and the token: the daemon is still asked when the rest of the file
 		// has errors (a reload of a broken file, the status while it is not yet fixed).
 		a, tok, err := config.LoadAdmin(*f.config)
-		if err != nil {
+		switch {
+		case err != nil && !f.configSet && errors.Is(err, os.ErrNotExist):
+			// No file where the default says: a box run with its file elsewhere, or a laptop
+			// with a tunnel to one. The default admin address is the daemon's default too.
+			addr = netip.MustParseAddrPort(config.DefaultAdmin)
+		case err != nil:
 			return nil, fmt.Errorf("reading the admin address from %s (or give -admin): %w", *f.config, err)
+		default:
+			addr, token = a, tok
 		}
-		addr, token = a, tok
 	}
 	if *f.admin != "" {
 		a, err := netip.ParseAddrPort(*f.admin)

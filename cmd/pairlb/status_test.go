@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pairlb/pairlb/admin"
+	"github.com/pairlb/pairlb/config"
 	"github.com/pairlb/pairlb/internal/testenv"
 )
 
@@ -280,5 +282,34 @@ func TestServerByAddress(t *testing.T) {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("status at the end lacks %q:\n%s", want, table.String())
 		}
+	}
+}
+
+// TestClientDefaultAddress: without -c and -admin, a missing default file means the default
+// admin address (the daemon's default too); a -c that names a missing file is an error naming it.
+func TestClientDefaultAddress(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "pairlb.yaml")
+
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	f := addClientFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	*f.config = missing // as if it were the default, not given by flag
+	c, err := f.client(fs)
+	if err != nil {
+		t.Fatalf("no -c, default file missing: %v", err)
+	}
+	if got := c.Addr; got != config.DefaultAdmin {
+		t.Errorf("admin address %q, want the default %q", got, config.DefaultAdmin)
+	}
+
+	fs = flag.NewFlagSet("status", flag.ContinueOnError)
+	f = addClientFlags(fs)
+	if err := fs.Parse([]string{"-c", missing}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client(fs); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("-c naming a missing file: %v, want an error naming it", err)
 	}
 }
