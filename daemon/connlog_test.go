@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -186,24 +185,6 @@ func TestConnectionLogSyslog(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a stderr that the test reads while the daemon writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestConnectionLogStderr: with to: stderr the lines go to the daemon's stderr, which stays open
 // after the daemon has stopped.
 func TestConnectionLogStderr(t *testing.T) {
@@ -217,7 +198,7 @@ func TestConnectionLogStderr(t *testing.T) {
 	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stderr := &lockedBuffer{}
+	stderr := &testenv.Buffer{}
 	d, err := New(Options{Path: file, Stderr: stderr})
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -195,24 +194,6 @@ func TestBoxBuildsFromTheSnapshot(t *testing.T) {
 	}
 }
 
-// logBuffer collects a daemon's log while the test reads it.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func fileHash(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -230,7 +211,7 @@ func fileHash(t *testing.T, path string) string {
 func TestReloadVerdict(t *testing.T) {
 	a, b := testenv.EchoServer(t, "a"), testenv.EchoServer(t, "b")
 	p1, p2 := testenv.FreeTCPPort(t), testenv.FreeTCPPort(t)
-	var log logBuffer
+	var log testenv.Buffer
 	started := time.Now()
 	td := startDaemonLog(t, "", testenv.LoopbackService("web", p1, a), &log)
 	c := td.client()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 // evidenceTarget is a target whose normal probes never come within a test (an hour apart), so
@@ -73,7 +74,7 @@ func TestSuspectMarksADeadServerDownFast(t *testing.T) {
 
 func TestSuspectAloneNeverMarksDown(t *testing.T) {
 	rec := &recorder{}
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	m, fake := fakeMonitor(rec, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	m.Set([]Target{evidenceTarget("10.11.2.22", 1)}) // fall 1: a single failed probe would do it
 	startUp(t, m, rec, "10.11.2.22")

@@ -2,7 +2,6 @@ package health
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/pairlb/pairlb/config"
+	"github.com/pairlb/pairlb/internal/testenv"
 )
 
 type changeEvent struct {
@@ -645,7 +645,7 @@ func TestMonitorFirstRound(t *testing.T) {
 	})
 
 	t.Run("bounded even if a check ignores its timeout", func(t *testing.T) {
-		var logs lockedBuffer
+		var logs testenv.Buffer
 		m, fake := fakeMonitor(nil, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		deaf := fake("deaf")
 		deaf.hold.Store(true)
@@ -694,26 +694,8 @@ func TestStagger(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestMonitorLogsOneLinePerChange(t *testing.T) {
-	var buf lockedBuffer
+	var buf testenv.Buffer
 	rec := &recorder{}
 	opts := rec.options()
 	opts.Logger = slog.New(slog.NewJSONHandler(&buf, nil))

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,29 +18,11 @@ import (
 	"github.com/pairlb/pairlb/internal/testenv"
 )
 
-// lockedBuffer collects a child's stderr while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // child is a `pairlb run` started by a test: its stderr is kept, and the test's cleanup kills
 // it if it is still running and shows the end of its log if the test failed.
 type child struct {
 	cmd     *exec.Cmd
-	stderr  lockedBuffer
+	stderr  testenv.Buffer
 	exited  chan struct{}
 	waitErr error // set when exited is closed
 }

@@ -234,7 +234,7 @@ func TestServerByAddress(t *testing.T) {
 	}
 
 	// The connection closes while wait-drained waits: it returns 0.
-	var wout lockedBuffer
+	var wout testenv.Buffer
 	var werr bytes.Buffer
 	done := make(chan int, 1)
 	go func() { done <- cmdServer([]string{"-c", file, "wait-drained", "127.0.41.11"}, &wout, &werr) }()

@@ -236,3 +236,23 @@ func ReturnsWithin[T any](t TB, d time.Duration, what string, f func() T) T {
 		panic("unreachable")
 	}
 }
+
+// Buffer is a bytes.Buffer safe for concurrent writes and reads: a logger's or a child's
+// output that the test reads while it is written.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String is everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
