@@ -78,6 +78,9 @@ type connRecord struct {
 const (
 	connLogQueue = 16384
 	connLogBatch = 256 // records formatted into one write
+	// connLogLinger is how long the writer waits, after the first record of a quiet spell,
+	// for others to join it in one write: lines appear at most this late.
+	connLogLinger = 10 * time.Millisecond
 	// connLogWarnEvery is the shortest interval between two log lines about failed writes.
 	connLogWarnEvery = int64(time.Minute)
 )
@@ -212,6 +215,9 @@ func (l *connLog) stop() {
 // is added any more) it writes what is queued, closes the sink and returns.
 func (l *connLog) run(stop <-chan struct{}, log *slog.Logger) {
 	batch := make([]connRecord, 0, connLogBatch)
+	linger := time.NewTimer(connLogLinger)
+	linger.Stop()
+	backlog := false
 	for {
 		l.mu.Lock()
 		q := l.q // nil until the log is first turned on: a nil channel never delivers
@@ -219,6 +225,18 @@ func (l *connLog) run(stop <-chan struct{}, log *slog.Logger) {
 		select {
 		case r := <-q:
 			batch = append(batch, r)
+			// Let more connections end before writing: while the writer sleeps on a timer,
+			// a loop's put goes into the channel's buffer and wakes no goroutine, so a busy
+			// balancer pays one wakeup and one write per linger, not per connection.
+			// A full batch last time means more are waiting already: no linger then.
+			if !backlog {
+				linger.Reset(connLogLinger)
+				select {
+				case <-linger.C:
+				case <-stop:
+					linger.Stop()
+				}
+			}
 		case <-l.kick:
 		case <-stop:
 			for {
@@ -233,6 +251,7 @@ func (l *connLog) run(stop <-chan struct{}, log *slog.Logger) {
 			return
 		}
 		batch = more(q, batch)
+		backlog = len(batch) == cap(batch)
 		l.write(batch, log)
 		clear(batch) // the records point at services a reload may retire
 		batch = batch[:0]
