@@ -100,6 +100,11 @@ func TestPrintStatusServiceState(t *testing.T) {
 		svc("edge", lb.ServiceDown, 0, 2, ""),
 		svc("web", lb.ServiceDegraded, 0, 1, "198.18.9.9:8080"),
 		svc("all", lb.ServiceUp, 3, 3, ""),
+		func() VirtualService {
+			v := svc("http", lb.ServiceDegraded, 0, 2, "")
+			v.UnavailableRedirect = "https://sorry.example.net/"
+			return v
+		}(),
 		svc("none", lb.ServiceDown, 0, 0, ""),
 	}}
 	var b strings.Builder
@@ -109,8 +114,9 @@ func TestPrintStatusServiceState(t *testing.T) {
 		"pairlb dev, ready, 2 services down, 2 degraded, config /etc/pairlb.yaml",
 		"]  main table  leastconn  active 0  connections 0  in 0 B  out 0 B\n  DEGRADED: 1 of 2 real servers in rotation available\n  REAL SERVER",
 		"\n  DOWN: none of 2 real servers in rotation available, new clients are refused\n",
-		"\n  DEGRADED: none of 1 real servers in rotation available, the sorry server 198.18.9.9:8080 takes new clients\n",
+		"\n  DEGRADED: none of 1 real server in rotation available, the sorry server 198.18.9.9:8080 takes new clients\n",
 		"\n  up: 3 of 3 real servers in rotation available\n",
+		"\n  DEGRADED: none of 2 real servers in rotation available, new clients are redirected to https://sorry.example.net/\n",
 		"\n  DOWN: none of 0 real servers in rotation available, new clients are refused\n",
 		"  REAL SERVER  STATE    HEALTH  WEIGHT  ACTIVE  TOTAL  SINCE                                          LAST CHECK\n",
 		"  198.18.2.11  enabled  down    1       0       0      available for 1d2h, since 2026-03-03 09:27:02",

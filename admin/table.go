@@ -107,10 +107,16 @@ func serviceStateText(vs *lb.ServiceStatus) string {
 	if vs.Available == 0 {
 		of = fmt.Sprintf("none of %d", vs.InRotation)
 	}
-	text := fmt.Sprintf("%s: %s real servers in rotation available", head, of)
+	servers := "real servers"
+	if vs.InRotation == 1 {
+		servers = "real server"
+	}
+	text := fmt.Sprintf("%s: %s %s in rotation available", head, of, servers)
 	switch {
 	case vs.Available == 0 && vs.SorryServer != "":
 		text += ", the sorry server " + vs.SorryServer + " takes new clients"
+	case vs.Available == 0 && vs.UnavailableRedirect != "":
+		text += ", new clients are redirected to " + vs.UnavailableRedirect
 	case vs.Available == 0:
 		text += ", new clients are refused"
 	}

@@ -253,7 +253,7 @@ func checkServiceState(t *testing.T, ctx context.Context, td *testDaemon, vs, up
 	if got := eval("header", `document.getElementById("ready").textContent`); got != "ready, 1 service down" {
 		t.Errorf("header with %s down: %q", vs, got)
 	}
-	if got := eval("badge title", `document.querySelector('`+badge+`').title`); got != "none of 1 real servers in rotation available, new clients are refused" {
+	if got := eval("badge title", `document.querySelector('`+badge+`').title`); got != "none of 1 real server in rotation available, new clients are refused" {
 		t.Errorf("down badge title: %q", got)
 	}
 	if _, err := td.client().SetServerState(context.Background(), vs, up, "enable"); err != nil {

@@ -21,6 +21,9 @@ type ServiceStatus struct {
 	// SorryServer is the sorry server's address ("" without one): it takes new connections
 	// while no real server is available, which makes the service degraded rather than down.
 	SorryServer string `json:"sorry_server,omitempty"`
+	// UnavailableRedirect is the URL new clients are redirected to while no real server is
+	// available ("" without one): like a sorry server, it makes the service degraded, not down.
+	UnavailableRedirect string `json:"unavailable_redirect,omitempty"`
 	// State is ServiceUp, ServiceDegraded or ServiceDown (ServiceStateOf says how it is
 	// decided); Available of InRotation real servers take new connections.
 	State       string       `json:"state"`
@@ -94,9 +97,10 @@ func ServiceStates() []string { return []string{ServiceUp, ServiceDegraded, Serv
 // disabled or draining (or drained) server was taken out on purpose, so it does not make the
 // service degraded: patching a Front End is not an outage. Of those in rotation, the available
 // ones are also up. None available is down, unless a sorry server takes the new clients: then
-// the service is degraded (clients get the sorry page, not a refusal). This holds when every
-// server is disabled too: nobody is served. A redirector has no servers and is always up.
-func ServiceStateOf(servers []ServerStatus, sorry, redirect bool) (state string, available, inRotation int) {
+// the service is degraded (clients get the sorry page, not a refusal); standIn says whether a
+// sorry server or an unavailable_redirect answers them. This holds when every server is disabled
+// too: nobody else is served. A redirector has no servers and is always up.
+func ServiceStateOf(servers []ServerStatus, standIn, redirect bool) (state string, available, inRotation int) {
 	if redirect {
 		return ServiceUp, 0, 0
 	}
@@ -110,7 +114,7 @@ func ServiceStateOf(servers []ServerStatus, sorry, redirect bool) (state string,
 		}
 	}
 	switch {
-	case available == 0 && sorry:
+	case available == 0 && standIn:
 		return ServiceDegraded, available, inRotation
 	case available == 0:
 		return ServiceDown, available, inRotation
@@ -190,7 +194,8 @@ func (b *Balancer) Status() []ServiceStatus {
 				ss.SorryServer = vs.SorryServer.Addr().String()
 			}
 		}
-		ss.State, ss.Available, ss.InRotation = ServiceStateOf(ss.RealServers, vs.HasSorryServer(), vs.Redirect != "")
+		ss.UnavailableRedirect = vs.UnavailableRedirect
+		ss.State, ss.Available, ss.InRotation = ServiceStateOf(ss.RealServers, vs.HasSorryServer() || vs.UnavailableRedirect != "", vs.Redirect != "")
 		out = append(out, ss)
 	}
 	return out

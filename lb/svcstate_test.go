@@ -68,8 +68,12 @@ func TestServiceStateFollowsServers(t *testing.T) {
 	sorry := testService(t, "sorry", a)
 	sorry.Health = config.Health{Type: config.HealthTCP, InitialUp: true}
 	sorry.SorryServer = netip.MustParseAddrPort("127.0.0.1:3")
+	// Its one server never up, but clients are redirected: degraded throughout.
+	redir := testService(t, "redir", a)
+	redir.Health = config.Health{Type: config.HealthTCP}
+	redir.UnavailableRedirect = "https://%h/sorry"
 	start := time.Now()
-	bal, _ := startBalancer(t, testConfig(web, sorry))
+	bal, _ := startBalancer(t, testConfig(web, sorry, redir))
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(NewCollector(bal))
 
@@ -79,12 +83,12 @@ func TestServiceStateFollowsServers(t *testing.T) {
 		for _, s := range bal.Status() {
 			st[s.Name] = s.State
 		}
-		if st["web"] != webState || st["sorry"] != sorryState {
-			t.Errorf("%s: web %s, sorry %s; want %s, %s", step, st["web"], st["sorry"], webState, sorryState)
+		if st["web"] != webState || st["sorry"] != sorryState || st["redir"] != ServiceDegraded {
+			t.Errorf("%s: web %s, sorry %s, redir %s; want %s, %s, degraded", step, st["web"], st["sorry"], st["redir"], webState, sorryState)
 		}
 		var want strings.Builder
 		want.WriteString("# HELP pairlb_virtual_service_state State of a virtual service: 1 for its current state, 0 for the others. up: every real server in rotation (enabled, weight above 0) is available; degraded: some are, or none is and the sorry server stands in; down: none is and there is no sorry server.\n# TYPE pairlb_virtual_service_state gauge\n")
-		for _, vs := range [][2]string{{"sorry", sorryState}, {"web", webState}} {
+		for _, vs := range [][2]string{{"redir", ServiceDegraded}, {"sorry", sorryState}, {"web", webState}} {
 			for _, s := range ServiceStates() {
 				fmt.Fprintf(&want, "pairlb_virtual_service_state{state=%q,virtual_service=%q} %d\n", s, vs[0], map[bool]int{true: 1}[s == vs[1]])
 			}

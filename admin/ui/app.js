@@ -308,9 +308,11 @@ function readyClass(st) {
 // serviceStateTitle says why a service is in its state.
 function serviceStateTitle(vs) {
   const of = (vs.servers_available ? vs.servers_available : "none") + " of " + vs.servers_in_rotation +
-    " real servers in rotation available";
+    (vs.servers_in_rotation === 1 ? " real server" : " real servers") + " in rotation available";
   if (vs.servers_available) return of;
-  return of + (vs.sorry_server ? ", the sorry server " + vs.sorry_server + " takes new clients" : ", new clients are refused");
+  if (vs.sorry_server) return of + ", the sorry server " + vs.sorry_server + " takes new clients";
+  if (vs.unavailable_redirect) return of + ", new clients are redirected to " + vs.unavailable_redirect;
+  return of + ", new clients are refused";
 }
 
 // shortDuration is a duration in ms to its two largest units: "45s", "12m5s", "2h13m", "3d4h".
