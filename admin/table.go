@@ -14,10 +14,7 @@ import (
 // WriteTable writes st as `pairlb status` shows it: a header line, the routing problems, and a
 // table per virtual service. now is the time ages are measured from.
 func WriteTable(w io.Writer, st *Status, now time.Time) {
-	ready := "ready"
-	if !st.Ready {
-		ready = "NOT READY"
-	}
+	ready := st.ReadyText()
 	hash := shortHash(st.ConfigHash)
 	fmt.Fprintf(w, "pairlb %s, %s, config %s (%s)\n", st.Version, ready, st.ConfigFile, hash)
 	writeConfigState(w, st)
@@ -63,8 +60,11 @@ func WriteTable(w io.Writer, st *Status, now time.Time) {
 			fmt.Fprintf(w, "  dropped %s", strings.Join(drops, ", "))
 		}
 		fmt.Fprintln(w)
+		if line := serviceStateText(&vs.ServiceStatus); line != "" {
+			fmt.Fprintf(w, "  %s\n", line)
+		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  REAL SERVER\tSTATE\tHEALTH\tWEIGHT\tACTIVE\tTOTAL\tLAST CHECK")
+		fmt.Fprintln(tw, "  REAL SERVER\tSTATE\tHEALTH\tWEIGHT\tACTIVE\tTOTAL\tSINCE\tLAST CHECK")
 		for _, rs := range vs.RealServers {
 			hv, last := "down", ""
 			if rs.Up {
@@ -82,10 +82,82 @@ func WriteTable(w io.Writer, st *Status, now time.Time) {
 					last += ": " + h.LastError
 				}
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%d\t%s\n", rs.Address, stateText(&rs), hv, rs.Weight, rs.Active, rs.Total, last)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", rs.Address, stateText(&rs), hv, rs.Weight, rs.Active, rs.Total, sinceText(rs.Condition, rs.Since, now), last)
 		}
 		_ = tw.Flush()
 	}
+}
+
+// serviceStateText is the line under a service that says its state and why: "up: 3 of 3 real
+// servers in rotation available", "DEGRADED: ...", "DOWN: ..., new clients are refused". Empty
+// from a daemon that does not say.
+func serviceStateText(vs *lb.ServiceStatus) string {
+	var head string
+	switch vs.State {
+	case lb.ServiceUp:
+		head = "up"
+	case lb.ServiceDegraded:
+		head = "DEGRADED"
+	case lb.ServiceDown:
+		head = "DOWN"
+	default:
+		return ""
+	}
+	of := fmt.Sprintf("%d of %d", vs.Available, vs.InRotation)
+	if vs.Available == 0 {
+		of = fmt.Sprintf("none of %d", vs.InRotation)
+	}
+	servers := "real servers"
+	if vs.InRotation == 1 {
+		servers = "real server"
+	}
+	text := fmt.Sprintf("%s: %s %s in rotation available", head, of, servers)
+	switch {
+	case vs.Available == 0 && vs.SorryServer != "":
+		text += ", the sorry server " + vs.SorryServer + " takes new clients"
+	case vs.Available == 0 && vs.UnavailableRedirect != "":
+		text += ", new clients are redirected to " + vs.UnavailableRedirect
+	case vs.Available == 0:
+		text += ", new clients are refused"
+	}
+	return text
+}
+
+// sinceText is how long a real server has been in its condition and since when, as the SINCE
+// column shows it: "down for 2h13m, since 09:14:02" (the date too when it is not today's).
+func sinceText(condition string, since, now time.Time) string {
+	if condition == "" || since.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("%s for %s, since %s", condition, shortDuration(now.Sub(since)), clockText(since, now))
+}
+
+// shortDuration is d to the two largest units, as an operator reads it: "45s", "12m5s",
+// "2h13m", "3d4h".
+func shortDuration(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	s := int64(d / time.Second)
+	switch {
+	case s < 60:
+		return fmt.Sprintf("%ds", s)
+	case s < 3600:
+		return fmt.Sprintf("%dm%ds", s/60, s%60)
+	case s < 86400:
+		return fmt.Sprintf("%dh%dm", s/3600, s%3600/60)
+	}
+	return fmt.Sprintf("%dd%dh", s/86400, s%86400/3600)
+}
+
+// clockText is t in 24-hour ISO form in the local zone: the time alone when it is on now's
+// date, else the date and time.
+func clockText(t, now time.Time) string {
+	t, now = t.Local(), now.Local()
+	if t.Format(time.DateOnly) == now.Format(time.DateOnly) {
+		return t.Format(time.TimeOnly)
+	}
+	return t.Format(time.DateTime)
 }
 
 // stateText is a real server's state as the table shows it: "drained" for a draining server

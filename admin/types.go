@@ -43,6 +43,38 @@ type Status struct {
 	// ConfigOnDisk it says whether the configuration in force is the file an operator sees.
 	LastReload   *Reload       `json:"last_reload,omitempty"`
 	ConfigOnDisk *ConfigOnDisk `json:"config_on_disk,omitempty"`
+	// Time is when the status was taken, by the daemon's clock: the page's rates divide the
+	// counters' growth between two statuses by the difference of their times.
+	Time time.Time `json:"time"`
+	// ServicesDown and ServicesDegraded count the virtual services in those states
+	// (lb.ServiceStateOf): the header says them beside "ready".
+	ServicesDown     int `json:"services_down"`
+	ServicesDegraded int `json:"services_degraded"`
+}
+
+// ReadyText is the header's word on the daemon: "ready" or "NOT READY", then how many virtual
+// services are down or degraded ("ready, 2 services down, 1 degraded"), so that a ready daemon
+// never reads as all well while a service refuses its clients.
+func (st *Status) ReadyText() string {
+	text := "ready"
+	if !st.Ready {
+		text = "NOT READY"
+	}
+	plural := func(n int) string {
+		if n == 1 {
+			return "1 service"
+		}
+		return fmt.Sprintf("%d services", n)
+	}
+	switch {
+	case st.ServicesDown > 0 && st.ServicesDegraded > 0:
+		text += fmt.Sprintf(", %s down, %d degraded", plural(st.ServicesDown), st.ServicesDegraded)
+	case st.ServicesDown > 0:
+		text += ", " + plural(st.ServicesDown) + " down"
+	case st.ServicesDegraded > 0:
+		text += ", " + plural(st.ServicesDegraded) + " degraded"
+	}
+	return text
 }
 
 // The results of a reload.
@@ -257,6 +289,43 @@ type RealServer struct {
 	// server with something open is not (lb.ServerStatus.Active says how much).
 	Drained bool    `json:"drained,omitempty"`
 	Health  *Health `json:"health,omitempty"` // nil: not probed
+	// Condition is what the page's colour and the table's SINCE column say of the server, one
+	// of the Server* constants; Since is when it entered it (zero from a daemon that does not
+	// say): the later of its last change of administrative state and of health, for an enabled
+	// server; when the drain started, for a draining or drained one.
+	Condition string    `json:"condition"`
+	Since     time.Time `json:"since"`
+}
+
+// The conditions of a RealServer.
+const (
+	ServerAvailable  = "available"   // enabled, up, weight above 0
+	ServerDown       = "down"        // enabled, health down
+	ServerZeroWeight = "zero_weight" // enabled and up, but weight 0: takes no new clients
+	ServerDraining   = "draining"    // draining with connections left
+	ServerDrained    = "drained"     // draining with nothing left open: safe to stop
+	ServerDisabled   = "disabled"
+)
+
+// serverCondition is RealServer.Condition and RealServer.Since from the balancer's view.
+func serverCondition(r lb.ServerStatus) (string, time.Time) {
+	later := r.StateSince
+	if r.UpSince.After(later) {
+		later = r.UpSince
+	}
+	switch {
+	case r.State == lb.Disabled.String():
+		return ServerDisabled, r.StateSince
+	case isDrained(r.State, r.Active):
+		return ServerDrained, r.StateSince
+	case r.State == lb.Draining.String():
+		return ServerDraining, r.StateSince
+	case !r.Up:
+		return ServerDown, later
+	case r.Weight <= 0:
+		return ServerZeroWeight, later
+	}
+	return ServerAvailable, later
 }
 
 // isDrained is RealServer.Drained and AddressServer.Drained from the balancer's state.
@@ -341,6 +410,7 @@ func (st *Status) Find(vs, rs string) *RealServer {
 // Status is the status document the server answers with now.
 func (s *Server) Status() Status {
 	st := newStatus(s.version, s.Ready(), s.d.Services(), s.d.Health())
+	st.Time = time.Now()
 	if cfg := s.d.Running(); cfg != nil {
 		st.ConfigFile, st.ConfigHash = cfg.Path, cfg.Hash
 	}
@@ -367,6 +437,7 @@ func newStatus(version string, ready bool, services []lb.ServiceStatus, targets 
 		v := VirtualService{ServiceStatus: s, RealServers: []RealServer{}}
 		for _, r := range s.RealServers {
 			sv := RealServer{ServerStatus: r, Available: r.State == "enabled" && r.Up && r.Weight > 0, Drained: isDrained(r.State, r.Active)}
+			sv.Condition, sv.Since = serverCondition(r)
 			if h, ok := hs[key{s.Name, r.Address}]; ok {
 				hv := &Health{Check: string(h.Check), Address: h.Addr.String(), Up: h.Up, Since: h.Since,
 					LastError: h.LastError, LastDurationSeconds: h.LastDuration.Seconds(),
@@ -385,6 +456,12 @@ func newStatus(version string, ready bool, services []lb.ServiceStatus, targets 
 		}
 		if v.Ports == nil {
 			v.Ports = []lb.PortStatus{}
+		}
+		switch v.State {
+		case lb.ServiceDown:
+			out.ServicesDown++
+		case lb.ServiceDegraded:
+			out.ServicesDegraded++
 		}
 		out.VirtualServices = append(out.VirtualServices, v)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -201,7 +202,87 @@ func TestStatusPage(t *testing.T) {
 		t.Logf("screenshot: %s (%d bytes)", path, len(png))
 	}
 
+	checkServiceState(t, ctx, td, "fe-pool-sip", "127.0.11.11", fe3)
 	checkReloadBanner(t, ctx, td, services)
+}
+
+// checkServiceState: each service has a badge of its state and the header counts those down or
+// degraded; each real server says since when it is in its condition; the rates' arithmetic.
+// vs has one server up (up), one draining and one without a listener (down).
+func checkServiceState(t *testing.T, ctx context.Context, td *testDaemon, vs, up, down string) {
+	t.Helper()
+	refresh := chromedp.Evaluate[chromedp.Void]("refresh(); true")
+	eval := func(what, js string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return s
+	}
+	badge := `section.vs[data-vs="` + vs + `"] h2 .svc-state`
+	runBrowser(t, ctx, "the degraded badge", refresh,
+		chromedp.WaitVisible(chromedp.CSS(badge+`.warn[data-state="degraded"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#ready.badge.warn`)))
+	if got := eval("badges", `[...document.querySelectorAll("section.vs")].map(s => s.dataset.vs + " " + s.querySelector(".svc-state").textContent).join(", ")`); got != vs+" degraded, edge-access up, web-redirect up" {
+		t.Errorf("badges: %q", got)
+	}
+	if got := eval("header", `document.getElementById("ready").textContent`); got != "ready, 1 service degraded" {
+		t.Errorf("header: %q", got)
+	}
+	if got := eval("badge title", `document.querySelector('`+badge+`').title`); got != "1 of 2 real servers in rotation available" {
+		t.Errorf("badge title: %q", got)
+	}
+	since := eval("since", `document.querySelector('tr.rs[data-vs="`+vs+`"][data-rs="`+down+`"] td.since').textContent`)
+	if !regexp.MustCompile(`^down for \d+(s|m\d+s), since \d\d:\d\d:\d\d$`).MatchString(since) {
+		t.Errorf("since of %s: %q", down, since)
+	}
+	runBrowser(t, ctx, "the rates of the last minute",
+		chromedp.WaitVisible(chromedp.CSS(`section.vs[data-vs="`+vs+`"] .rates .rate-conn`)))
+	if got := eval("rates", `document.querySelector('section.vs[data-vs="`+vs+`"] .rates').textContent`); !regexp.MustCompile(`^last \d+ s: \d+\.\d connections/s · client→server \d+(\.\d)? k?bit/s · server→client \d+(\.\d)? k?bit/s$`).MatchString(got) {
+		t.Errorf("rates: %q", got)
+	}
+
+	// The last available server disabled: the service is down, and so is the header.
+	if _, err := td.client().SetServerState(context.Background(), vs, up, "disable"); err != nil {
+		t.Fatal(err)
+	}
+	runBrowser(t, ctx, "the down badge", refresh,
+		chromedp.WaitVisible(chromedp.CSS(badge+`.bad[data-state="down"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#ready.badge.bad`)))
+	if got := eval("header", `document.getElementById("ready").textContent`); got != "ready, 1 service down" {
+		t.Errorf("header with %s down: %q", vs, got)
+	}
+	if got := eval("badge title", `document.querySelector('`+badge+`').title`); got != "none of 1 real server in rotation available, new clients are refused" {
+		t.Errorf("down badge title: %q", got)
+	}
+	if _, err := td.client().SetServerState(context.Background(), vs, up, "enable"); err != nil {
+		t.Fatal(err)
+	}
+	runBrowser(t, ctx, "degraded again", refresh, chromedp.WaitVisible(chromedp.CSS(badge+`[data-state="degraded"]`)))
+
+	// The arithmetic of the rates and the texts, on samples made up here.
+	for js, want := range map[string]string{
+		// 60 s of samples: 1 connection/s, 1 Mbit/s one way, 100 bit/s the other.
+		`(() => { let h = []; for (const [t, c, i, o] of [[0, 0, 0, 0], [30000, 30, 1, 2], [60000, 60, 7500000, 750]]) h = pushSample(h, {t, c, i, o}, 60000);
+			const r = rates(h); return [h.length, r.seconds, r.connections, r.c2s, r.s2c, bitRate(r.c2s), bitRate(r.s2c)].join(" "); })()`: "3 60 1 1000000 100 1.0 Mbit/s 100 bit/s",
+		// The oldest sample leaves once the next one is at the window's start.
+		`(() => { let h = []; for (const [t, c] of [[0, 0], [30000, 30], [60000, 90], [90000, 150]]) h = pushSample(h, {t, c, i: 0, o: 0}, 60000);
+			const r = rates(h); return [h.map(s => s.t).join(","), r.seconds, r.connections].join(" "); })()`: "30000,60000,90000 60 2",
+		// A counter that went back (a restart) starts afresh; one sample has no rate.
+		`(() => { let h = pushSample(pushSample([], {t: 0, c: 10, i: 10, o: 10}, 60000), {t: 2000, c: 3, i: 10, o: 10}, 60000);
+			return h.length + " " + rates(h); })()`: "1 null",
+		`(() => { let h = pushSample(pushSample([], {t: 5, c: 1, i: 1, o: 1}, 60000), {t: 5, c: 2, i: 2, o: 2}, 60000); return h.length + " " + rates(h); })()`: "1 null",
+		// Under a second of samples is too short to say.
+		`(() => { let h = pushSample(pushSample([], {t: 0, c: 1, i: 1, o: 1}, 60000), {t: 999, c: 2, i: 2, o: 2}, 60000); return h.length + " " + rates(h); })()`: "2 null",
+		`[bitRate(0), bitRate(999), bitRate(1500), bitRate(2.5e9)].join(", ")`:                                                                                    "0 bit/s, 999 bit/s, 1.5 kbit/s, 2.5 Gbit/s",
+		`[shortDuration(45e3), shortDuration(725e3), shortDuration(7985e3), shortDuration(274e6)].join(" ")`:                                                      "45s 12m5s 2h13m 3d4h",
+		`[readyText({ready: true, services_down: 2}), readyText({ready: true, services_down: 1, services_degraded: 2}), readyText({ready: false})].join("; ")`:    "ready, 2 services down; ready, 1 service down, 2 degraded; not ready",
+	} {
+		if got := eval("arithmetic", "String("+js+")"); got != want {
+			t.Errorf("%s\n= %q, want %q", js, got, want)
+		}
+	}
 }
 
 // checkReloadBanner: the page's banner is red while the last reload failed, with its errors, or

@@ -14,6 +14,7 @@ type collector struct {
 
 	connections       *prometheus.Desc
 	active            *prometheus.Desc
+	serviceState      *prometheus.Desc
 	serverConnections *prometheus.Desc
 	serverActive      *prometheus.Desc
 	serverUp          *prometheus.Desc
@@ -49,6 +50,9 @@ func NewCollector(b *Balancer) prometheus.Collector {
 			[]string{"virtual_service", "port", "proto"}, nil),
 		active: prometheus.NewDesc("pairlb_active_connections",
 			"Open TCP connections and UDP sessions of a virtual service.", vs, nil),
+		serviceState: prometheus.NewDesc("pairlb_virtual_service_state",
+			"State of a virtual service: 1 for its current state, 0 for the others. up: every real server in rotation (enabled, weight above 0) is available; degraded: some are, or none is and the sorry server stands in; down: none is and there is no sorry server.",
+			[]string{"virtual_service", "state"}, nil),
 		serverConnections: prometheus.NewDesc("pairlb_real_server_connections_total",
 			"Connections and UDP sessions sent to a real server.", rs, nil),
 		serverActive: prometheus.NewDesc("pairlb_real_server_active_connections",
@@ -85,7 +89,7 @@ func NewCollector(b *Balancer) prometheus.Collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.connections, c.active, c.serverConnections, c.serverActive,
+	for _, d := range []*prometheus.Desc{c.connections, c.active, c.serviceState, c.serverConnections, c.serverActive,
 		c.serverUp, c.serverState, c.serverWeight, c.bytes, c.dropped, c.udpSessions, c.udpMoves,
 		c.persistEntries, c.persistMax, c.persistEvictions, c.connLogLines, c.connLogDropped} {
 		ch <- d
@@ -112,6 +116,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.connections, p.Accepted, s.Name, strconv.Itoa(int(p.Listen)), p.Proto)
 		}
 		gauge(c.active, float64(s.Active), s.Name)
+		for _, st := range ServiceStates() {
+			gauge(c.serviceState, b2f(s.State == st), s.Name, st)
+		}
 		gauge(c.udpSessions, float64(s.UDPSessions), s.Name)
 		counter(c.udpMoves, s.UDPMoves, s.Name)
 		if p := s.Persistence; p != nil {

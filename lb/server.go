@@ -49,6 +49,12 @@ type realServer struct {
 
 	lastPick atomic.Uint64 // the service's pick number when leastconn last chose it
 
+	// stateSince and upSince are when the administrative state and the health verdict last
+	// changed (or were first set), in unix nanoseconds: what the status's "down for 2h13m,
+	// since 09:14:02" is measured from. Written under downMu with the value they date.
+	stateSince atomic.Int64
+	upSince    atomic.Int64
+
 	// leave is set while the server is down or disabled: a UDP session on it moves to another
 	// server with its client's next datagram. A client that keeps sending from one port (every
 	// STUN, ICE and TURN client) would otherwise never leave a dead server, since each of its
@@ -85,6 +91,9 @@ func (r *realServer) setUp(up bool) {
 	r.downMu.Lock()
 	defer r.downMu.Unlock()
 	was := r.up.Swap(up)
+	if was != up || r.upSince.Load() == 0 {
+		r.upSince.Store(time.Now().UnixNano())
+	}
 	r.leave.Store(r.mustLeave())
 	if was && !up && r.cancel != nil {
 		r.cancel()
@@ -97,6 +106,9 @@ func (r *realServer) setState(st State) State {
 	r.downMu.Lock()
 	defer r.downMu.Unlock()
 	old := State(r.state.Swap(int32(st)))
+	if old != st || r.stateSince.Load() == 0 {
+		r.stateSince.Store(time.Now().UnixNano())
+	}
 	r.leave.Store(r.mustLeave())
 	return old
 }

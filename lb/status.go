@@ -1,6 +1,10 @@
 package lb
 
-import "github.com/pairlb/pairlb/config"
+import (
+	"time"
+
+	"github.com/pairlb/pairlb/config"
+)
 
 // ServiceStatus is a snapshot of one virtual service for the admin API and the metrics.
 type ServiceStatus struct {
@@ -14,9 +18,20 @@ type ServiceStatus struct {
 	Placement   string             `json:"placement,omitempty"`
 	Persistence *PersistenceStatus `json:"persistence,omitempty"` // nil without persistence
 	Redirect    string             `json:"redirect,omitempty"`
-	Ports       []PortStatus       `json:"ports"`
-	Active      int64              `json:"active_connections"`
-	UDPSessions int64              `json:"udp_sessions"`
+	// SorryServer is the sorry server's address ("" without one): it takes new connections
+	// while no real server is available, which makes the service degraded rather than down.
+	SorryServer string `json:"sorry_server,omitempty"`
+	// UnavailableRedirect is the URL new clients are redirected to while no real server is
+	// available ("" without one): like a sorry server, it makes the service degraded, not down.
+	UnavailableRedirect string `json:"unavailable_redirect,omitempty"`
+	// State is ServiceUp, ServiceDegraded or ServiceDown (ServiceStateOf says how it is
+	// decided); Available of InRotation real servers take new connections.
+	State       string       `json:"state"`
+	Available   int          `json:"servers_available"`
+	InRotation  int          `json:"servers_in_rotation"`
+	Ports       []PortStatus `json:"ports"`
+	Active      int64        `json:"active_connections"`
+	UDPSessions int64        `json:"udp_sessions"`
 	// UDPMoves counts UDP sessions moved to another destination: off a real server that went
 	// down or was disabled, or off the sorry server once a real server was back.
 	UDPMoves    uint64         `json:"udp_session_moves_total"`
@@ -61,6 +76,52 @@ type ServerStatus struct {
 	Weight  int32  `json:"weight"`
 	Active  int64  `json:"active_connections"`
 	Total   uint64 `json:"connections_total"`
+	// StateSince and UpSince are when State and Up last changed, or were first set when the
+	// server joined its service (a reload that keeps the server keeps them).
+	StateSince time.Time `json:"state_since"`
+	UpSince    time.Time `json:"up_since"`
+}
+
+// The states of a virtual service.
+const (
+	ServiceUp       = "up"       // every real server in rotation is available
+	ServiceDegraded = "degraded" // some are, or none is and the sorry server stands in
+	ServiceDown     = "down"     // none is and there is no sorry server: new clients are refused
+)
+
+// ServiceStates lists the states of a virtual service, for exporting one-hot series.
+func ServiceStates() []string { return []string{ServiceUp, ServiceDegraded, ServiceDown} }
+
+// ServiceStateOf decides the state of a service from its real servers. The servers in rotation
+// are those the file and the operator want to take clients: enabled, with a weight above 0. A
+// disabled or draining (or drained) server was taken out on purpose, so it does not make the
+// service degraded: patching a Front End is not an outage. Of those in rotation, the available
+// ones are also up. None available is down, unless a sorry server takes the new clients: then
+// the service is degraded (clients get the sorry page, not a refusal); standIn says whether a
+// sorry server or an unavailable_redirect answers them. This holds when every server is disabled
+// too: nobody else is served. A redirector has no servers and is always up.
+func ServiceStateOf(servers []ServerStatus, standIn, redirect bool) (state string, available, inRotation int) {
+	if redirect {
+		return ServiceUp, 0, 0
+	}
+	for _, r := range servers {
+		if r.State != Enabled.String() || r.Weight <= 0 {
+			continue
+		}
+		inRotation++
+		if r.Up {
+			available++
+		}
+	}
+	switch {
+	case available == 0 && standIn:
+		return ServiceDegraded, available, inRotation
+	case available == 0:
+		return ServiceDown, available, inRotation
+	case available < inRotation:
+		return ServiceDegraded, available, inRotation
+	}
+	return ServiceUp, available, inRotation
 }
 
 // DropReasons lists every reason a drop can be counted under, for exporting zero series.
@@ -117,14 +178,24 @@ func (b *Balancer) Status() []ServiceStatus {
 		}
 		for _, r := range s.servers {
 			ss.RealServers = append(ss.RealServers, ServerStatus{
-				Address: r.key,
-				State:   State(r.state.Load()).String(),
-				Up:      r.up.Load(),
-				Weight:  r.weight.Load(),
-				Active:  r.active.Load(),
-				Total:   r.total.Load(),
+				Address:    r.key,
+				State:      State(r.state.Load()).String(),
+				Up:         r.up.Load(),
+				Weight:     r.weight.Load(),
+				Active:     r.active.Load(),
+				Total:      r.total.Load(),
+				StateSince: unixTime(r.stateSince.Load()),
+				UpSince:    unixTime(r.upSince.Load()),
 			})
 		}
+		if vs.HasSorryServer() {
+			ss.SorryServer = vs.SorryServer.String()
+			if vs.SorryServer.Port() == 0 {
+				ss.SorryServer = vs.SorryServer.Addr().String()
+			}
+		}
+		ss.UnavailableRedirect = vs.UnavailableRedirect
+		ss.State, ss.Available, ss.InRotation = ServiceStateOf(ss.RealServers, vs.HasSorryServer() || vs.UnavailableRedirect != "", vs.Redirect != "")
 		out = append(out, ss)
 	}
 	return out
@@ -142,4 +213,12 @@ func ParseState(s string) (State, bool) {
 		return Draining, true
 	}
 	return 0, false
+}
+
+// unixTime is a time kept in unix nanoseconds; zero for never.
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }

@@ -106,7 +106,7 @@ function placementFacts(vs) {
   return facts;
 }
 
-function renderServer(vs, rs) {
+function renderServer(vs, rs, now) {
   const cls = serverClass(rs);
   const h = rs.health;
   let healthCell = rs.up ? "up" : "down";
@@ -131,13 +131,14 @@ function renderServer(vs, rs) {
     el("td", { class: "addr" }, el("i", { class: "dot " + cls + drained }), rs.address),
     el("td", { class: "state", title: rs.drained ? "no connection left: safe to stop" : "" }, stateText(rs)),
     el("td", {}, healthCell),
+    el("td", { class: "since", title: rs.since ? isoTime(rs.since) : "" }, sinceText(rs, now)),
     el("td", { class: "num" }, rs.weight),
     el("td", { class: "num" }, rs.active_connections),
     el("td", { class: "num" }, rs.connections_total),
     actions);
 }
 
-function renderService(vs) {
+function renderService(vs, now) {
   const ports = el("span", {}, ...vs.ports.map(p => el("span", { class: "port" }, p.port)));
   const facts = el("div", { class: "facts" },
     el("span", {}, ports),
@@ -152,18 +153,21 @@ function renderService(vs) {
   const drops = (vs.dropped || []).filter(d => d.count > 0);
   if (drops.length) facts.append(fact("dropped", drops.map(d => d.reason + " " + d.count).join(", ")));
 
-  const card = el("section", { class: "vs", "data-vs": vs.name },
-    el("h2", {}, vs.name, el("span", { class: "vip" }, vs.vip)), facts);
+  facts.append(...rateFacts(vs));
+  const badge = vs.state ? el("span", { class: "badge svc-state " + (SERVICE_BADGE[vs.state] || ""), "data-state": vs.state,
+    title: vs.redirect ? "" : serviceStateTitle(vs) }, vs.state) : null;
+  const card = el("section", { class: "vs", "data-vs": vs.name, "data-state": vs.state || "" },
+    el("h2", {}, vs.name, badge, el("span", { class: "vip" }, vs.vip)), facts);
   if (vs.redirect) {
     card.append(el("div", { class: "redirect" }, "HTTP redirect to " + vs.redirect));
     return card;
   }
   const table = el("table", {},
     el("thead", {}, el("tr", {},
-      el("th", {}, "real server"), el("th", {}, "state"), el("th", {}, "health"),
+      el("th", {}, "real server"), el("th", {}, "state"), el("th", {}, "health"), el("th", {}, "since"),
       el("th", { class: "num" }, "weight"), el("th", { class: "num" }, "active"),
       el("th", { class: "num" }, "total"), el("th", {}, ""))),
-    el("tbody", {}, ...vs.real_servers.map(rs => renderServer(vs, rs))));
+    el("tbody", {}, ...vs.real_servers.map(rs => renderServer(vs, rs, now))));
   card.append(table);
   return card;
 }
@@ -278,16 +282,136 @@ function renderConfig(st) {
   }
 }
 
+// --- Service state, since, rates (issue 15, item 2) ---
+
+// SERVICE_BADGE is the colour of a service's state badge.
+const SERVICE_BADGE = { up: "ok", degraded: "warn", down: "bad" };
+
+// readyText is the header's word on the daemon, as `pairlb status` says it (admin.Status.ReadyText):
+// "ready, 2 services down, 1 degraded", so that a ready daemon never reads as all well while a
+// service refuses its clients; readyClass is its colour: red while not ready or a service is
+// down, amber while one is degraded.
+function readyText(st) {
+  let text = st.ready ? "ready" : "not ready";
+  const down = st.services_down || 0, degraded = st.services_degraded || 0;
+  const plural = n => n === 1 ? "1 service" : n + " services";
+  if (down && degraded) text += ", " + plural(down) + " down, " + degraded + " degraded";
+  else if (down) text += ", " + plural(down) + " down";
+  else if (degraded) text += ", " + plural(degraded) + " degraded";
+  return text;
+}
+function readyClass(st) {
+  if (!st.ready || st.services_down) return "bad";
+  return st.services_degraded ? "warn" : "ok";
+}
+
+// serviceStateTitle says why a service is in its state.
+function serviceStateTitle(vs) {
+  const of = (vs.servers_available ? vs.servers_available : "none") + " of " + vs.servers_in_rotation +
+    (vs.servers_in_rotation === 1 ? " real server" : " real servers") + " in rotation available";
+  if (vs.servers_available) return of;
+  if (vs.sorry_server) return of + ", the sorry server " + vs.sorry_server + " takes new clients";
+  if (vs.unavailable_redirect) return of + ", new clients are redirected to " + vs.unavailable_redirect;
+  return of + ", new clients are refused";
+}
+
+// shortDuration is a duration in ms to its two largest units: "45s", "12m5s", "2h13m", "3d4h".
+function shortDuration(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m" + (s % 60) + "s";
+  if (s < 86400) return Math.floor(s / 3600) + "h" + Math.floor(s % 3600 / 60) + "m";
+  return Math.floor(s / 86400) + "d" + Math.floor(s % 86400 / 3600) + "h";
+}
+
+// clockText is a time of the API in 24-hour ISO form, local: the time alone when it is on
+// now's date (ms since the epoch), else the date too.
+function clockText(iso, now) {
+  const full = isoTime(iso);
+  return full.slice(0, 10) === isoTime(new Date(now).toISOString()).slice(0, 10) ? full.slice(11) : full;
+}
+
+// sinceText is how long a real server has been in its condition: "down for 2h13m, since
+// 09:14:02".
+function sinceText(rs, now) {
+  if (!rs.condition || !rs.since || rs.since.startsWith("0001-")) return "";
+  return rs.condition.replace("_", " ") + " for " + shortDuration(now - Date.parse(rs.since)) + ", since " + clockText(rs.since, now);
+}
+
+// Rates are computed here, from the counters of successive status polls, rather than in the
+// daemon: the daemon keeps no history for them (Prometheus computes rates from the same
+// counters for graphs), and the page, which polls every 2 s anyway, keeps a minute of samples
+// per service.
+const RATE_WINDOW_MS = 60000;
+const rateHistory = new Map(); // virtual service name -> samples, oldest first
+
+// pushSample adds sample {t (ms), c (connections), i (bytes client to server), o (bytes server
+// to client)} to samples and returns the samples that span the window: the oldest kept is the
+// newest at or before the window's start. A counter that went back (the daemon restarted, the
+// service was removed and added again) or a time that did not advance starts afresh.
+function pushSample(samples, sample, windowMs) {
+  const last = samples[samples.length - 1];
+  if (last && (sample.t <= last.t || sample.c < last.c || sample.i < last.i || sample.o < last.o)) samples = [];
+  samples = samples.concat([sample]);
+  while (samples.length > 2 && samples[1].t <= sample.t - windowMs) samples = samples.slice(1);
+  return samples;
+}
+
+// rates are the rates between the oldest and newest of samples: {seconds, connections (per
+// second), c2s and s2c (bits per second)}, or null before the samples span a second (two polls
+// a moment apart, as a click's refresh makes, say nothing worth showing).
+function rates(samples) {
+  if (samples.length < 2) return null;
+  const a = samples[0], b = samples[samples.length - 1];
+  const dt = (b.t - a.t) / 1000;
+  if (dt < 1) return null;
+  return { seconds: dt, connections: (b.c - a.c) / dt, c2s: (b.i - a.i) * 8 / dt, s2c: (b.o - a.o) * 8 / dt };
+}
+
+// bitRate writes bits per second in SI units, as link speeds are written.
+function bitRate(bps) {
+  const units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"];
+  let i = 0;
+  while (bps >= 1000 && i < units.length - 1) { bps /= 1000; i++; }
+  return (i === 0 ? Math.round(bps) : bps.toFixed(1)) + " " + units[i];
+}
+
+// recordRates adds st's counters to the history of each service and forgets removed services.
+function recordRates(st) {
+  const t = Date.parse(st.time) || Date.now();
+  const names = new Set();
+  for (const vs of st.virtual_services) {
+    names.add(vs.name);
+    rateHistory.set(vs.name, pushSample(rateHistory.get(vs.name) || [],
+      { t, c: vs.connections_total, i: vs.bytes_client_to_server, o: vs.bytes_server_to_client }, RATE_WINDOW_MS));
+  }
+  for (const name of [...rateHistory.keys()]) if (!names.has(name)) rateHistory.delete(name);
+}
+
+// rateFacts are a service's rates over the last minute (or as much of it as the page has seen).
+function rateFacts(vs) {
+  const r = rates(rateHistory.get(vs.name) || []);
+  if (!r) return [el("span", { class: "rates", "data-rates": "none" }, "rates: measuring…")];
+  const over = r.seconds >= RATE_WINDOW_MS / 1000 - 1 ? "last minute" : "last " + Math.round(r.seconds) + " s";
+  return [el("span", { class: "rates", title: "over the " + over + ", from the counters of successive polls" },
+    over + ": ",
+    el("b", { class: "rate-conn" }, r.connections.toFixed(1) + " connections/s"), " · client→server ",
+    el("b", { class: "rate-c2s" }, bitRate(r.c2s)), " · server→client ",
+    el("b", { class: "rate-s2c" }, bitRate(r.s2c)))];
+}
+
 function render(st) {
   const ready = document.getElementById("ready");
-  ready.textContent = st.ready ? "ready" : "not ready";
-  ready.className = "badge " + (st.ready ? "ok" : "bad");
+  ready.textContent = readyText(st);
+  ready.className = "badge " + readyClass(st);
+  recordRates(st);
   document.getElementById("meta").textContent =
     "version " + st.version + " · " + st.config_file + " · " + (st.config_hash || "").slice(0, 12);
-  document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  document.getElementById("updated").textContent = "updated " + isoTime(new Date().toISOString()).slice(11);
   renderAddresses(st);
   renderConfig(st);
-  document.getElementById("services").replaceChildren(...st.virtual_services.map(renderService));
+  const now = Date.parse(st.time) || Date.now();
+  document.getElementById("services").replaceChildren(...st.virtual_services.map(vs => renderService(vs, now)));
   document.body.dataset.loaded = "true";
 }
 
