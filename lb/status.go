@@ -61,6 +61,8 @@ type ServerStatus struct {
 	Weight  int32  `json:"weight"`
 	Active  int64  `json:"active_connections"`
 	Total   uint64 `json:"connections_total"`
+	// DialRetries counts the dials to it that failed and were retried on another server.
+	DialRetries uint64 `json:"dial_retries_total"`
 }
 
 // DropReasons lists every reason a drop can be counted under, for exporting zero series.
@@ -117,12 +119,13 @@ func (b *Balancer) Status() []ServiceStatus {
 		}
 		for _, r := range s.servers {
 			ss.RealServers = append(ss.RealServers, ServerStatus{
-				Address: r.key,
-				State:   State(r.state.Load()).String(),
-				Up:      r.up.Load(),
-				Weight:  r.weight.Load(),
-				Active:  r.active.Load(),
-				Total:   r.total.Load(),
+				Address:     r.key,
+				State:       State(r.state.Load()).String(),
+				Up:          r.up.Load(),
+				Weight:      r.weight.Load(),
+				Active:      r.active.Load(),
+				Total:       r.total.Load(),
+				DialRetries: r.dialRetries.Load(),
 			})
 		}
 		out = append(out, ss)
