@@ -98,7 +98,9 @@ func (b *Balancer) Run(ctx context.Context) {
 	b.running = true
 	b.runLoops(b.loops)
 	b.mu.Unlock()
-	tick := time.NewTicker(10 * time.Second)
+	// Every second: the log limiter's summaries are due a window after their first event, and
+	// should not wait for a slower tick; the persistence sweep's work is only what expired.
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {

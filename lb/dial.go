@@ -80,13 +80,13 @@ func (p *dialPlan) failed(to netip.AddrPort, err error) {
 		if reason := dialEvidence(err); reason != "" {
 			p.b.suspect(name, r, reason, now)
 		}
-		if n, ok := st.logs.allow(logDialFailed, now); ok {
-			st.logs.write(p.b.log, logDialFailed, n, "virtual_service", name, "real_server", r.key, "err", err)
+		if st.logs.allow(logDialFailed, to, r.key, err, now) {
+			st.logs.write(p.b.log, logDialFailed, "virtual_service", name, "real_server", r.key, "err", err)
 		}
 		return
 	}
-	if n, ok := st.logs.allow(logSorryDialFailed, now); ok {
-		st.logs.write(p.b.log, logSorryDialFailed, n, "virtual_service", name, "sorry_server", to.String(), "err", err)
+	if st.logs.allow(logSorryDialFailed, to, "", err, now) {
+		st.logs.write(p.b.log, logSorryDialFailed, "virtual_service", name, "sorry_server", to.String(), "err", err)
 	}
 }
 
