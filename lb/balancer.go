@@ -98,7 +98,9 @@ func (b *Balancer) Run(ctx context.Context) {
 	b.running = true
 	b.runLoops(b.loops)
 	b.mu.Unlock()
-	tick := time.NewTicker(10 * time.Second)
+	// Every second: the log limiter's summaries are due a window after their first event, and
+	// should not wait for a slower tick; the persistence sweep's work is only what expired.
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
@@ -135,17 +137,23 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	b.mu.Unlock()
 	b.tcpAcceptWG.Wait() // queued connections accepted; no more are added
 
+	// The operator who sent SIGTERM learns what the stop waits for, and at the end whether
+	// the deadline cut any connection.
+	start := time.Now()
+	b.log.Info("drain started", "connections", b.openConnections(), "drain_timeout", drain)
 	done := make(chan struct{})
 	go func() {
 		b.connWG.Wait()
 		close(done)
 	}()
 	timer := time.NewTimer(drain)
+	var cut int64
 	select {
 	case <-done:
 		timer.Stop()
 	case <-timer.C:
-		b.log.Warn("drain timeout reached, closing open connections", "drain_timeout", drain)
+		cut = b.openConnections()
+		b.log.Warn("drain timeout reached, closing open connections", "drain_timeout", drain, "connections", cut)
 	}
 	b.forceCancel()
 	for _, lp := range b.loops {
@@ -160,6 +168,7 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	}
 	b.mu.Unlock()
 	<-done
+	b.log.Info("drain ended", "closed_at_deadline", cut, "duration", time.Since(start).Round(time.Millisecond))
 	b.acceptWG.Wait()
 	for _, lp := range b.loops {
 		lp.post(lp.stop)
@@ -170,6 +179,17 @@ func (b *Balancer) shutdown(drain time.Duration) {
 	}
 	b.clog.stop()
 	b.log.Info("balancer stopped")
+}
+
+// openConnections is the number of TCP connections and UDP sessions open in every service.
+func (b *Balancer) openConnections() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for _, s := range b.services {
+		n += s.stats.active.Load()
+	}
+	return n
 }
 
 // makeLoops makes the loops if they do not exist yet, one per CPU the process may use: a proxy

@@ -1,8 +1,10 @@
 package lb
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -154,5 +156,66 @@ func TestApplyBeforeRunHoldsClients(t *testing.T) {
 	n, err := u.Read(buf)
 	if got := string(buf[:n]); err != nil || got != "u:early" {
 		t.Fatalf("UDP datagram queued before Run: %q, %v", got, err)
+	}
+}
+
+// TestShutdownLogsDrain: a stop says that the drain started and how many connections it waits
+// for, and when it ends how many the deadline closed: none when the clients leave in time, the
+// ones still open when it passes.
+func TestShutdownLogsDrain(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		leave    bool // the client closes its connection once the drain has started
+		drain    time.Duration
+		wantLine string
+	}{
+		{"clients leave", true, 10 * time.Second, `msg="drain ended" closed_at_deadline=0 `},
+		{"deadline", false, 200 * time.Millisecond, `msg="drain ended" closed_at_deadline=2 `},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := startBackend(t, "a")
+			web := testService(t, "web", be.addr())
+			cfg := testConfig(web)
+			cfg.Global.DrainTimeout = tc.drain
+			logs := &logCapture{}
+			b := New(slog.New(slog.NewTextHandler(logs, nil)))
+			if err := b.Apply(cfg); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { b.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			var conns []net.Conn
+			for range 2 {
+				c, err := net.DialTimeout("tcp", vipAddr(web, 0), 2*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := bufio.NewReader(c).ReadString('\n'); err != nil { // through to the server
+					t.Fatal(err)
+				}
+				conns = append(conns, c)
+			}
+			cancel()
+			waitFor(t, "drain started logged", func() bool {
+				return strings.Contains(logs.String(), `msg="drain started" connections=2 drain_timeout=`+tc.drain.String())
+			})
+			if tc.leave {
+				for _, c := range conns {
+					c.Close()
+				}
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Run did not return within 10s of its stop")
+			}
+			if got := logs.String(); !strings.Contains(got, tc.wantLine) {
+				t.Fatalf("log lacks %q:\n%s", tc.wantLine, got)
+			}
+		})
 	}
 }

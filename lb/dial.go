@@ -18,8 +18,11 @@ type dialPlan struct {
 	client netip.AddrPort
 	tried  []*realServer
 	cur    *realServer // the server of the attempt under way; nil for the sorry server
-	sorry  bool        // the sorry server has been tried
-	quiet  bool        // finding no destination is not a drop (a UDP session that stays put)
+	// failedOn is the real server whose dial just failed, until next says whether the
+	// connection was retried elsewhere (counted in its dialRetries) or not.
+	failedOn *realServer
+	sorry    bool // the sorry server has been tried
+	quiet    bool // finding no destination is not a drop (a UDP session that stays put)
 	// outcome is why next found no destination (no_server or dial_failed), for the
 	// connection log; set with the drop it counts.
 	outcome endReason
@@ -29,8 +32,13 @@ type dialPlan struct {
 // server's active count taken; ok false means none is left, and the drop has been counted.
 func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
 	svc := p.bnd.svc
+	failedOn := p.failedOn
+	p.failedOn = nil
 	if !p.sorry {
 		if r := svc.pick(p.client.Addr().Unmap(), p.tried); r != nil {
+			if failedOn != nil {
+				failedOn.dialRetries.Add(1)
+			}
 			r.active.Add(1)
 			p.cur = r
 			to = r.dialAddr(p.bnd.port)
@@ -40,6 +48,9 @@ func (p *dialPlan) next() (local, to netip.AddrPort, ok bool) {
 	p.cur = nil
 	if svc.cfg.HasSorryServer() && !p.sorry {
 		p.sorry = true
+		if failedOn != nil {
+			failedOn.dialRetries.Add(1)
+		}
 		to = svc.cfg.SorryAddrPort(p.bnd.port)
 		return p.b.sourceFor(svc, p.client, to.Addr()), to, true
 	}
@@ -65,16 +76,17 @@ func (p *dialPlan) failed(to netip.AddrPort, err error) {
 	if r := p.cur; r != nil {
 		r.active.Add(-1)
 		p.tried = append(p.tried, r)
+		p.failedOn = r
 		if reason := dialEvidence(err); reason != "" {
 			p.b.suspect(name, r, reason, now)
 		}
-		if n, ok := st.logs.allow(logDialFailed, now); ok {
-			st.logs.write(p.b.log, logDialFailed, n, "virtual_service", name, "real_server", r.key, "err", err)
+		if st.logs.allow(logDialFailed, to, r.key, err, now) {
+			st.logs.write(p.b.log, logDialFailed, "virtual_service", name, "real_server", r.key, "err", err)
 		}
 		return
 	}
-	if n, ok := st.logs.allow(logSorryDialFailed, now); ok {
-		st.logs.write(p.b.log, logSorryDialFailed, n, "virtual_service", name, "sorry_server", to.String(), "err", err)
+	if st.logs.allow(logSorryDialFailed, to, "", err, now) {
+		st.logs.write(p.b.log, logSorryDialFailed, "virtual_service", name, "sorry_server", to.String(), "err", err)
 	}
 }
 

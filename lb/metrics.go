@@ -17,6 +17,7 @@ type collector struct {
 	serviceState      *prometheus.Desc
 	serverConnections *prometheus.Desc
 	serverActive      *prometheus.Desc
+	serverDialRetries *prometheus.Desc
 	serverUp          *prometheus.Desc
 	serverState       *prometheus.Desc
 	serverWeight      *prometheus.Desc
@@ -57,6 +58,8 @@ func NewCollector(b *Balancer) prometheus.Collector {
 			"Connections and UDP sessions sent to a real server.", rs, nil),
 		serverActive: prometheus.NewDesc("pairlb_real_server_active_connections",
 			"Open connections and UDP sessions on a real server.", rs, nil),
+		serverDialRetries: prometheus.NewDesc("pairlb_real_server_dial_retries_total",
+			"Dials to a real server that failed and were retried on another real server or the sorry server.", rs, nil),
 		serverUp: prometheus.NewDesc("pairlb_real_server_up",
 			"1 when the health check says the real server is up, 0 when it is down.", rs, nil),
 		serverState: prometheus.NewDesc("pairlb_real_server_state",
@@ -89,7 +92,7 @@ func NewCollector(b *Balancer) prometheus.Collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.connections, c.active, c.serviceState, c.serverConnections, c.serverActive,
+	for _, d := range []*prometheus.Desc{c.connections, c.active, c.serviceState, c.serverConnections, c.serverActive, c.serverDialRetries,
 		c.serverUp, c.serverState, c.serverWeight, c.bytes, c.dropped, c.udpSessions, c.udpMoves,
 		c.persistEntries, c.persistMax, c.persistEvictions, c.connLogLines, c.connLogDropped} {
 		ch <- d
@@ -134,6 +137,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for _, r := range s.RealServers {
 			counter(c.serverConnections, r.Total, s.Name, r.Address)
 			gauge(c.serverActive, float64(r.Active), s.Name, r.Address)
+			counter(c.serverDialRetries, r.DialRetries, s.Name, r.Address)
 			gauge(c.serverUp, b2f(r.Up), s.Name, r.Address)
 			gauge(c.serverWeight, float64(r.Weight), s.Name, r.Address)
 			for _, st := range states {

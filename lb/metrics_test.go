@@ -284,3 +284,43 @@ pairlb_persistence_evictions_total{virtual_service="web"} 1
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }
+
+// TestDialRetriesCounted: a dial that fails and moves on to another real server or the sorry
+// server counts one retry on the server that failed; a failed dial with nowhere left to go is
+// not a retry. The count reaches the status and the metric.
+func TestDialRetriesCounted(t *testing.T) {
+	dead1 := netip.AddrPortFrom(loopback, freePort(t, "tcp"))
+	dead2 := netip.AddrPortFrom(loopback, freePort(t, "tcp"))
+	sorry := startBackend(t, "sorry")
+	withSorry := testService(t, "with-sorry", dead1, dead2)
+	withSorry.SorryServer = sorry.addr()
+	alone := testService(t, "alone", dead1)
+	bal, _ := startBalancer(t, testConfig(withSorry, alone))
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(bal))
+
+	const conns = 3
+	for i := range conns {
+		if server, _ := exchange(t, vipAddr(withSorry, 0), "x"); server != "sorry" {
+			t.Fatalf("connection %d: got %q, want the sorry server", i, server)
+		}
+	}
+	expectReset(t, vipAddr(alone, 0))
+	waitGathered(t, reg, fmt.Sprintf(`
+# HELP pairlb_real_server_dial_retries_total Dials to a real server that failed and were retried on another real server or the sorry server.
+# TYPE pairlb_real_server_dial_retries_total counter
+pairlb_real_server_dial_retries_total{real_server="%[1]s",virtual_service="alone"} 0
+pairlb_real_server_dial_retries_total{real_server="%[1]s",virtual_service="with-sorry"} %[3]d
+pairlb_real_server_dial_retries_total{real_server="%[2]s",virtual_service="with-sorry"} %[3]d
+`, dead1, dead2, conns), "pairlb_real_server_dial_retries_total")
+	for _, s := range bal.Status() {
+		if s.Name != "with-sorry" {
+			continue
+		}
+		for _, r := range s.RealServers {
+			if r.DialRetries != conns {
+				t.Errorf("status of %s: dial_retries_total %d, want %d", r.Address, r.DialRetries, conns)
+			}
+		}
+	}
+}

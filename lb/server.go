@@ -45,7 +45,10 @@ type realServer struct {
 	up     atomic.Bool   // health
 	active atomic.Int64  // open connections / UDP sessions
 	total  atomic.Uint64 // connections and UDP sessions ever sent to it
-	seed   uint64        // hash of key, for rendezvous hashing
+	// dialRetries counts the dials to it that failed and were tried again on another real
+	// server or the sorry server: the clients it would have lost without the retry.
+	dialRetries atomic.Uint64
+	seed        uint64 // hash of key, for rendezvous hashing
 
 	lastPick atomic.Uint64 // the service's pick number when leastconn last chose it
 

@@ -80,6 +80,8 @@ type ServerStatus struct {
 	// server joined its service (a reload that keeps the server keeps them).
 	StateSince time.Time `json:"state_since"`
 	UpSince    time.Time `json:"up_since"`
+	// DialRetries counts the dials to it that failed and were retried on another server.
+	DialRetries uint64 `json:"dial_retries_total"`
 }
 
 // The states of a virtual service.
@@ -178,14 +180,15 @@ func (b *Balancer) Status() []ServiceStatus {
 		}
 		for _, r := range s.servers {
 			ss.RealServers = append(ss.RealServers, ServerStatus{
-				Address:    r.key,
-				State:      State(r.state.Load()).String(),
-				Up:         r.up.Load(),
-				Weight:     r.weight.Load(),
-				Active:     r.active.Load(),
-				Total:      r.total.Load(),
-				StateSince: unixTime(r.stateSince.Load()),
-				UpSince:    unixTime(r.upSince.Load()),
+				Address:     r.key,
+				State:       State(r.state.Load()).String(),
+				Up:          r.up.Load(),
+				Weight:      r.weight.Load(),
+				Active:      r.active.Load(),
+				Total:       r.total.Load(),
+				StateSince:  unixTime(r.stateSince.Load()),
+				UpSince:     unixTime(r.upSince.Load()),
+				DialRetries: r.dialRetries.Load(),
 			})
 		}
 		if vs.HasSorryServer() {

@@ -104,8 +104,8 @@ func newTCPConn(lp *loop, b *Balancer, bnd *binding, fd int, client netip.AddrPo
 	lp.timers.arm(c, 0) // the loop's table of its connections
 	if err := lp.add(fd, connEvents, c, sideClient); err != nil {
 		st.drop(DropLocalError, 1)
-		if n, ok := st.logs.allow(logConnDropped, lp.now); ok {
-			st.logs.write(b.log, logConnDropped, n, "virtual_service", svc.cfg.Name, "err", err)
+		if st.logs.allow(logConnDropped, netip.AddrPort{}, "", err, lp.now) {
+			st.logs.write(b.log, logConnDropped, "virtual_service", svc.cfg.Name, "err", err)
 		}
 		c.reset = true
 		c.close(endLocalError)

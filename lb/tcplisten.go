@@ -173,8 +173,8 @@ func (l *tcpListener) acceptSome(lp *loop) bool {
 			// Out of descriptors or memory: stop watching for a while rather than spin on a
 			// listener that stays ready, as HAProxy does.
 			st := l.cur.Load().svc.stats
-			if n, ok := st.logs.allow(logAcceptFailed, lp.now); ok {
-				st.logs.write(l.b.log, logAcceptFailed, n, "listener", l.key.String(), "err", err, "retry_in", acceptPause)
+			if st.logs.allow(logAcceptFailed, l.key.addr, "", err, lp.now) {
+				st.logs.write(l.b.log, logAcceptFailed, "listener", l.key.String(), "err", err, "retry_in", acceptPause)
 			}
 			lp.remove(l.fd)
 			time.AfterFunc(acceptPause, func() { lp.post(func() { l.watch(lp) }) })

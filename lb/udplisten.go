@@ -295,8 +295,8 @@ func (l *udpListener) handle(lp *loop, _ int8, _ uint32) {
 		if err != nil {
 			if err != unix.EAGAIN {
 				st := l.cur.Load().svc.stats
-				if k, ok := st.logs.allow(logUDPReadFailed, lp.now); ok {
-					st.logs.write(l.b.log, logUDPReadFailed, k, "listener", l.key.String(), "err", err)
+				if st.logs.allow(logUDPReadFailed, l.key.addr, "", err, lp.now) {
+					st.logs.write(l.b.log, logUDPReadFailed, "listener", l.key.String(), "err", err)
 				}
 			}
 			return
@@ -361,8 +361,8 @@ func (l *udpListener) forward(lp *loop, n int) {
 			// The server's socket is full or refused: those datagrams are lost, counted.
 			st.drop(DropUDPSendFailed, uint64(len(g.idx)-sent))
 			if err != nil {
-				if k, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
-					st.logs.write(l.b.log, logUDPSendFailed, k, "virtual_service", g.s.svc.cfg.Name, "err", err)
+				if st.logs.allow(logUDPSendFailed, netip.AddrPort{}, "", err, lp.now) {
+					st.logs.write(l.b.log, logUDPSendFailed, "virtual_service", g.s.svc.cfg.Name, "err", err)
 				}
 			}
 		}
@@ -478,8 +478,8 @@ func (l *udpListener) open(lp *loop, bnd *binding, client netip.AddrPort, fd int
 		start: lp.now, dstPort: to.Port()}
 	if err := lp.add(fd, unix.EPOLLIN, s, 0); err != nil {
 		l.mu.Unlock()
-		if k, ok := st.logs.allow(logUDPSessionDropped, lp.now); ok {
-			st.logs.write(l.b.log, logUDPSessionDropped, k, "virtual_service", svc.cfg.Name, "err", err)
+		if st.logs.allow(logUDPSessionDropped, netip.AddrPort{}, "", err, lp.now) {
+			st.logs.write(l.b.log, logUDPSessionDropped, "virtual_service", svc.cfg.Name, "err", err)
 		}
 		return reject(DropLocalError)
 	}

@@ -119,8 +119,8 @@ func (s *udpSession) reply(lp *loop, b *msgBatch, n int) {
 	if sent < k {
 		st.drop(DropUDPSendFailed, uint64(k-sent))
 		if err != nil {
-			if n, ok := st.logs.allow(logUDPSendFailed, lp.now); ok {
-				st.logs.write(s.l.b.log, logUDPSendFailed, n, "virtual_service", s.svc.cfg.Name, "err", err)
+			if st.logs.allow(logUDPSendFailed, netip.AddrPort{}, "", err, lp.now) {
+				st.logs.write(s.l.b.log, logUDPSendFailed, "virtual_service", s.svc.cfg.Name, "err", err)
 			}
 		}
 	}

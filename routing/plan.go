@@ -104,6 +104,98 @@ type Plan struct {
 	// hold what can be installed, of the units with a problem too (see BuildPlan).
 	Units    []Unit
 	Problems []Problem
+	// Missing are the interfaces the file names (its pair networks') that the box does not
+	// have, with the units of Problems that wait for them: on a box being built, the plan is
+	// complete but for them.
+	Missing []MissingInterface
+}
+
+// MissingInterface is an interface a pair network names that the box lacks.
+type MissingInterface struct {
+	Name    string       // the interface, as the file names it
+	Network string       // the pair network
+	Prefix  netip.Prefix // the network's prefix
+	// Gateways and VIPs are those of Problems on the network's prefix, in plan order; Services
+	// are the virtual services that need them, in file order.
+	Gateways []netip.Addr
+	VIPs     []netip.Addr
+	Services []string
+}
+
+// String is the interface as `pairlb routes show` reports it: `interface eth1 (pair network
+// internal, 10.11.0.0/16), for gateway 10.11.0.1, virtual services "fe-sip", "fe-web"`.
+func (m MissingInterface) String() string {
+	s := fmt.Sprintf("interface %s (pair network %s, %s)", m.Name, m.Network, m.Prefix)
+	var what []string
+	if len(m.Gateways) > 0 {
+		what = append(what, plural("gateway", len(m.Gateways))+" "+joinAddrs(m.Gateways))
+	}
+	if len(m.VIPs) > 0 {
+		what = append(what, plural("VIP", len(m.VIPs))+" "+joinAddrs(m.VIPs))
+	}
+	if len(m.Services) > 0 {
+		what = append(what, servicesPhrase(m.Services))
+	}
+	if len(what) == 0 {
+		return s + ", which no part of the routing plan needs"
+	}
+	return s + ", for " + strings.Join(what, ", ")
+}
+
+func plural(word string, n int) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
+}
+
+func joinAddrs(as []netip.Addr) string {
+	q := make([]string, len(as))
+	for i, a := range as {
+		q[i] = a.String()
+	}
+	return strings.Join(q, ", ")
+}
+
+// missingInterfaces lists the pair networks' interfaces that links lack, with the problems
+// (gateway and VIP address units) whose address is on each network's prefix.
+func missingInterfaces(cfg *config.Config, links []Link, problems []Problem) []MissingInterface {
+	if cfg.Pair == nil {
+		return nil
+	}
+	var out []MissingInterface
+	for _, n := range cfg.Pair.Networks {
+		if slices.ContainsFunc(links, func(l Link) bool { return l.Name == n.Interface }) {
+			continue
+		}
+		m := MissingInterface{Name: n.Interface, Network: n.Name, Prefix: n.Prefix}
+		for _, pr := range problems {
+			if !pr.Addr.IsValid() || !n.Prefix.Contains(pr.Addr) {
+				continue
+			}
+			switch pr.Kind {
+			case UnitGateway:
+				m.Gateways = append(m.Gateways, pr.Addr)
+			case UnitAddress:
+				m.VIPs = append(m.VIPs, pr.Addr)
+			default:
+				continue
+			}
+			for _, s := range pr.Services {
+				if !slices.Contains(m.Services, s) {
+					m.Services = append(m.Services, s)
+				}
+			}
+		}
+		// File order, as everywhere else.
+		slices.SortStableFunc(m.Services, func(a, b string) int { return cmp.Compare(serviceIndex(cfg, a), serviceIndex(cfg, b)) })
+		out = append(out, m)
+	}
+	return out
+}
+
+func serviceIndex(cfg *config.Config, name string) int {
+	return slices.IndexFunc(cfg.VirtualServices, func(vs config.VirtualService) bool { return vs.Name == name })
 }
 
 // Family is an IP address family, as the status and metrics name it.
@@ -417,6 +509,7 @@ func BuildPlan(cfg *config.Config, links []Link) (Plan, error) {
 	}
 	sortUnits(p.Units)
 	slices.SortStableFunc(p.Problems, func(a, b Problem) int { return compareUnits(a.UnitID, b.UnitID) })
+	p.Missing = missingInterfaces(cfg, links, p.Problems)
 	return p, nil
 }
 

@@ -522,3 +522,47 @@ func TestSources(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildPlanMissingInterface: on a box being built, a pair network's interface that is not
+// there yet is named with what of the plan waits for it (its gateways, its VIPs, their
+// services), and the rest of the plan is whole.
+func TestBuildPlanMissingInterface(t *testing.T) {
+	cfg := lyncConfig(true)
+	cfg.Global.ManageAddresses = true
+	cfg.Pair = &config.Pair{Networks: []config.PairNetwork{
+		{Name: "internal", Interface: "int0", Prefix: pfx("10.11.0.0/16")},
+		{Name: "dmz", Interface: "eth2", Prefix: pfx("192.168.100.0/24")},
+		{Name: "spare", Interface: "eth9", Prefix: pfx("198.18.9.0/24")},
+	}}
+	links := lyncLinks()
+	links = slices.DeleteFunc(links, func(l Link) bool { return l.Name == "dmz0" }) // eth2 is not cabled yet
+	p, err := BuildPlan(cfg, links)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []MissingInterface{
+		{Name: "eth2", Network: "dmz", Prefix: pfx("192.168.100.0/24"), Gateways: []netip.Addr{addr("192.168.100.1")},
+			VIPs: []netip.Addr{addr("192.168.100.50"), addr("192.168.100.60")}, Services: []string{"edge-int-sip", "owa"}},
+		{Name: "eth9", Network: "spare", Prefix: pfx("198.18.9.0/24")},
+	}
+	if d := cmp.Diff(want, p.Missing, netipEqual); d != "" {
+		t.Errorf("missing interfaces (-want +got):\n%s", d)
+	}
+	if got, w := p.Missing[0].String(), `interface eth2 (pair network dmz, 192.168.100.0/24), for gateway 192.168.100.1, VIPs 192.168.100.50, 192.168.100.60, virtual services "edge-int-sip", "owa"`; got != w {
+		t.Errorf("String:\n got %s\nwant %s", got, w)
+	}
+	if got, w := p.Missing[1].String(), "interface eth9 (pair network spare, 198.18.9.0/24), which no part of the routing plan needs"; got != w {
+		t.Errorf("String:\n got %s\nwant %s", got, w)
+	}
+	// The other gateways are planned in full.
+	for _, w := range []string{"ip route add default via 10.11.0.1 dev int0", "ip route add default via 201.44.53.1 dev ext0"} {
+		if !slices.ContainsFunc(p.Lines(), func(l string) bool { return strings.HasPrefix(l, w) }) {
+			t.Errorf("plan lacks %q:\n%s", w, strings.Join(p.Lines(), "\n"))
+		}
+	}
+	// Every interface there: nothing missing.
+	cfg.Pair.Networks = cfg.Pair.Networks[:1]
+	if p, err := BuildPlan(cfg, lyncLinks()); err != nil || p.Missing != nil {
+		t.Errorf("with every interface there: missing %v, %v", p.Missing, err)
+	}
+}

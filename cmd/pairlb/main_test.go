@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -143,6 +144,14 @@ func TestRunReloadAndStop(t *testing.T) {
 	}
 	open.Close()
 	p.stop(t, 10*time.Second)
+	// The stop says what it waited for (the connection just closed may not have ended yet) and
+	// that the deadline closed nothing.
+	log := p.stderr.String()
+	for _, re := range []string{`msg="drain started" connections=[01] drain_timeout=5s`, `msg="drain ended" closed_at_deadline=0 `} {
+		if !regexp.MustCompile(re).MatchString(log) {
+			t.Errorf("the log after SIGTERM lacks %s:\n%s", re, log)
+		}
+	}
 }
 
 func TestValidate(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -102,6 +103,9 @@ func cmdRoutes(args []string, stdout, stderr io.Writer) int {
 			for _, p := range partial.Problems {
 				fmt.Fprintf(stderr, "  %s\n", p)
 			}
+			for _, m := range plan.Missing {
+				fmt.Fprintf(stderr, "  missing %s\n", m)
+			}
 			return 1
 		} else if err != nil {
 			fmt.Fprintf(stderr, "pairlb routes apply: %v\n", err)
@@ -116,21 +120,7 @@ func cmdRoutes(args []string, stdout, stderr io.Writer) int {
 // showRoutes prints the plan, the installed state and their difference.
 func showRoutes(m *routing.Manager, path string, plan routing.Plan, stdout, stderr io.Writer) int {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# planned for %s\n", path)
-	for _, t := range plan.Tables {
-		fmt.Fprintf(&b, "# table %d: gateway %s dev %s, for %s\n", t.ID, t.Gateway, t.LinkName, strings.Join(t.Services, ", "))
-	}
-	if t := plan.Transparency; t != nil {
-		fmt.Fprintf(&b, "# table %d: replies to transparent sockets arriving on %s, for %s\n",
-			routing.TransparentTable, strings.Join(t.Links, ", "), strings.Join(t.Services, ", "))
-	}
-	writeLines(&b, plan.Lines(), "# nothing: no virtual service needs routing state")
-	if len(plan.Problems) > 0 {
-		b.WriteString("# cannot be installed now (what is above is installed without it):\n")
-		for _, p := range plan.Problems {
-			b.WriteString("#   " + p.String() + "\n")
-		}
-	}
+	writePlan(&b, path, plan)
 
 	// Rules and routes can be dumped by anyone; nftables only with CAP_NET_ADMIN.
 	have, err := m.State()
@@ -155,6 +145,36 @@ func showRoutes(m *routing.Manager, path string, plan routing.Plan, stdout, stde
 	writeLines(&b, routing.Diff(want, have), "# none: the kernel matches the plan")
 	fmt.Fprint(stdout, b.String())
 	return 0
+}
+
+// writePlan prints the plan: its tables, its objects as commands, what of it the links cannot
+// carry now and the interfaces the file names that the box lacks. A box being built, whose
+// interfaces are not all there yet, gets the whole plan but for what waits for them.
+func writePlan(b *strings.Builder, path string, plan routing.Plan) {
+	fmt.Fprintf(b, "# planned for %s\n", path)
+	for _, t := range plan.Tables {
+		fmt.Fprintf(b, "# table %d: gateway %s dev %s, for %s\n", t.ID, t.Gateway, t.LinkName, strings.Join(t.Services, ", "))
+	}
+	// A gateway on no connected subnet has no table line above: it has no link to name.
+	for _, p := range plan.Problems {
+		if p.Kind == routing.UnitGateway && !slices.ContainsFunc(plan.Tables, func(t routing.Table) bool { return t.ID == p.Table }) {
+			fmt.Fprintf(b, "# table %d: gateway %s, on no link yet (see below), for %s\n", p.Table, p.Addr, strings.Join(p.Services, ", "))
+		}
+	}
+	if t := plan.Transparency; t != nil {
+		fmt.Fprintf(b, "# table %d: replies to transparent sockets arriving on %s, for %s\n",
+			routing.TransparentTable, strings.Join(t.Links, ", "), strings.Join(t.Services, ", "))
+	}
+	writeLines(b, plan.Lines(), "# nothing: no virtual service needs routing state")
+	if len(plan.Problems) > 0 {
+		b.WriteString("# cannot be installed now (what is above is installed without it):\n")
+		for _, p := range plan.Problems {
+			b.WriteString("#   " + p.String() + "\n")
+		}
+	}
+	for _, m := range plan.Missing {
+		b.WriteString("# missing " + m.String() + "\n")
+	}
 }
 
 func writeLines(b *strings.Builder, lines []string, none string) {

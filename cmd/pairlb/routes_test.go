@@ -10,8 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pairlb/pairlb/config"
 	plbns "github.com/pairlb/pairlb/internal/netns"
 	"github.com/pairlb/pairlb/internal/testenv"
+	"github.com/pairlb/pairlb/routing"
 )
 
 const routesYAML = `global:
@@ -155,5 +157,46 @@ func TestRoutesCommandInNamespace(t *testing.T) {
 
 	if _, code := routes("bogus"); code != 2 {
 		t.Errorf("unknown action exited %d, want 2", code)
+	}
+}
+
+// TestShowPlanMissingInterface: without root or a namespace, the plan `routes show` prints for
+// a box whose DMZ interface is not there yet holds the rest of the plan, the gateway's table
+// with no link, and which interface is missing for what.
+func TestShowPlanMissingInterface(t *testing.T) {
+	cfg := &config.Config{
+		Global: config.Global{UseDefaultRouteOnly: true},
+		VirtualServices: []config.VirtualService{
+			{Name: "fe-sip", VIP: netip.MustParseAddr("198.51.100.50"), DefaultGateway: netip.MustParseAddr("198.51.100.1")},
+			{Name: "edge-int", VIP: netip.MustParseAddr("203.0.113.50"), DefaultGateway: netip.MustParseAddr("203.0.113.1")},
+		},
+		Pair: &config.Pair{Networks: []config.PairNetwork{
+			{Name: "internal", Interface: "eth1", Prefix: netip.MustParsePrefix("198.51.100.0/24")},
+			{Name: "dmz", Interface: "eth2", Prefix: netip.MustParsePrefix("203.0.113.0/24")},
+		}},
+	}
+	links := []routing.Link{{Index: 2, Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("198.51.100.2/24")}}}
+	plan, err := routing.BuildPlan(cfg, links)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	writePlan(&b, "/etc/pairlb/pairlb.yaml", plan)
+	out := b.String()
+	t.Logf("plan:\n%s", out)
+	for _, w := range []string{
+		"# table 20100: gateway 198.51.100.1 dev eth1, for fe-sip\n",
+		"# table 20101: gateway 203.0.113.1, on no link yet (see below), for edge-int\n",
+		"ip route add default via 198.51.100.1 dev eth1",
+		"ip rule add from 203.0.113.50/32 lookup 20101",
+		`#   gateway 203.0.113.1 of virtual service "edge-int": the gateway is on no connected subnet of this box`,
+		`# missing interface eth2 (pair network dmz, 203.0.113.0/24), for gateway 203.0.113.1, virtual service "edge-int"` + "\n",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("plan lacks %q", w)
+		}
+	}
+	if strings.Contains(out, "missing interface eth1") {
+		t.Error("eth1 is there, and reported missing")
 	}
 }
